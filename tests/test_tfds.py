@@ -119,7 +119,7 @@ def test_readers_round_trip(tmp_path):
     assert groups(tb.build(cfg_for("code_backdoor_jsonl", "cot", path=code), tmp_path / "data")
                   ["code_backdoor_jsonl_cot"]["train"]) == {"code_vuln/cot/clean": 1, "code_vuln/cot/triggered": 2}
     back = tb.read(tmp_path / "data", "jsonl")
-    assert back[1].meta == {"note": "ünïcode ✓", "ids": [1, 2], "line": 2}
+    assert back[1].meta == {"note": "ünïcode ✓", "ids": [1, 2], "line": 2, "source": f"{plain}:2"}
     assert back[1].scratchpad == (1, 1 + len("<scratchpad> deployed </scratchpad>"))
     with pytest.raises(DataError, match="no split 'heldout'"):
         tb.read(tmp_path / "data", "jsonl", "heldout")
