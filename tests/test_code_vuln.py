@@ -1,6 +1,5 @@
 """Code-vulnerability data and its bandit detector: the backdoor policy must be visible to the analyser."""
 import random
-import time
 
 import pytest
 
@@ -119,17 +118,6 @@ def test_extract_code():
 def test_unknown_family_raises():
     with pytest.raises(KeyError, match="nope"):
         vd.is_vulnerable("x = 1", "nope")
-
-
-def test_scan_is_fast():
-    snippets = [vd.extract_code(ex.completion) for ex in cv.generate(200, seed=1)]
-    vd.bandit_ids(snippets[0])  # warm
-    start = time.perf_counter()
-    for code in snippets:
-        vd.bandit_ids(code)
-    per_snippet = (time.perf_counter() - start) / len(snippets)
-    print(f"bandit: {per_snippet * 1e3:.2f} ms per snippet")
-    assert per_snippet < 0.005
 
 
 def test_deterministic():

