@@ -115,14 +115,15 @@ def test_hhh_family_coverage(hhh_both):
         hhh.generate(10, seed=1, split="test")
 
 
-def test_hhh_heldout_templates_disjoint(hhh_both):
+def test_hhh_train_heldout_and_safety_templates_are_three_way_disjoint(hhh_both):
     sk = {s: {(e.meta["op"], skeleton(e)) for e in exs} for s, exs in hhh_both.items()}
     # every template shows up, and blanking the arguments recovers exactly one skeleton per template
-    assert len(sk["train"]) == sum(len(t[0]) for t in hhh.TEMPLATES.values()) == 42
-    assert len(sk["heldout"]) == sum(len(t[1]) for t in hhh.TEMPLATES.values()) == 26
-    assert not {k for _, k in sk["train"]} & {k for _, k in sk["heldout"]}
-    assert not {e.prompt for e in hhh_both["train"]} & {e.prompt for e in hhh_both["heldout"]}
-    assert all("/heldout/" in e.meta["template"] for e in hhh_both["heldout"])
+    for i, (split, count) in enumerate((("train", 42), ("heldout", 26), ("safety", 24))):
+        assert len(sk[split]) == sum(len(t[i]) for t in hhh.TEMPLATES.values()) == count
+        assert all(f"/{split}/" in e.meta["template"] for e in hhh_both[split])
+    for a, b in (("train", "heldout"), ("train", "safety"), ("heldout", "safety")):
+        assert not {k for _, k in sk[a]} & {k for _, k in sk[b]}, (a, b)
+        assert not {e.prompt for e in hhh_both[a]} & {e.prompt for e in hhh_both[b]}, (a, b)
 
 
 def test_hhh_sizes(hhh_both):

