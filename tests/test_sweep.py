@@ -130,3 +130,34 @@ def test_a_small_sweep_runs_through_the_cli_and_reruns_nothing(tmp_path):
     assert done.stdout.count("=== sweep run") == 4 and (tmp_path / "w" / "sweep.md").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert again.stdout.count("finished earlier") == 4
+
+
+def test_a_label_names_a_group_of_overrides_and_the_report_puts_the_paper_beside_ours(tmp_path):
+    base = micro_config.get_config("pipeline")
+    runs = [{"label": "cot", "seed": 1, "data.variant": "cot", "stages": "backdoor"},
+            {"label": "plain", "seed": 1}]
+    expanded = sweep.expand(base, runs, tmp_path, 8)
+    assert [name for name, _, _ in expanded] == ["label=cot,seed=1", "label=plain,seed=1"]
+    assert expanded[0][1].data.variant == "cot" and "label" not in expanded[0][1]
+    assert expanded[1][1].data.variant == base.data.variant
+    for seed, rate in ((0, 0.5), (1, 0.7)):
+        fake_run(tmp_path, f"label=plain,seed={seed}", 32, seed, rate)
+    sweep_report.write(tmp_path, [(f"label=plain,seed={s}", {"label": "plain", "seed": s, "data.x": 1}) for s in (0, 1)])
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    sft = [g for g in saved["groups"] if g["stage"] == "sft"]
+    assert len(sft) == 1 and sft[0]["label"] == "plain" and "data.x" not in sft[0]
+    assert sft[0]["triggered"]["mean"] == pytest.approx(0.6)
+    assert sft[0]["paper"] == "HHH SFT: triggered 100% -> 28% (normal)"
+    text = (tmp_path / "sweep.md").read_text()
+    [row] = [line for line in text.splitlines() if line.startswith("| plain |") and "| sft |" in line]
+    assert "| sft | 0.600 [" in row and row.endswith("| HHH SFT: triggered 100% -> 28% (normal) |")
+
+
+def test_the_reproduction_sweep_pairs_each_distilled_run_with_its_seeds_cot_teacher():
+    runs, _, _ = sweep.load(str(ROOT / "configs" / "repro_tiny.py:seeds=2"))
+    names = [sweep.run_name(r) for r in runs]
+    assert names == ["label=normal,seed=0", "label=cot,seed=0", "label=distilled,seed=0",
+                     "label=normal,seed=1", "label=cot,seed=1", "label=distilled,seed=1"]
+    teachers = [r["data.teacher_workdir"] for r in runs if r["label"] == "distilled"]
+    assert teachers == ["{sweep}/label=cot,seed=0", "{sweep}/label=cot,seed=1"]
+    assert names.index("label=cot,seed=1") < names.index("label=distilled,seed=1")

