@@ -135,3 +135,25 @@ def test_every_task_gives_its_held_out_sets_to_probe(task):
     assert texts[2 * pairs:] == [ex.prompt for ex in sets["triggered"] + sets["untriggered"]]
     assert n_triggered == cfg.eval.n_per_set and all(ex.triggered for ex in sets["triggered"])
     assert texts[:2 * pairs] == [y for y, _ in probes.contrast_pairs()] + [n for _, n in probes.contrast_pairs()]
+
+
+def test_a_run_without_a_task_is_a_one_line_error():
+    with pytest.raises(ConfigError, match=r"^probe: the run has no backdoor task to probe \(config\.data\.source='synthetic'"):
+        probes.texts_to_probe(validate(micro_config.get_config()))
+
+
+def test_rows_of_a_retrained_stage_are_dropped_and_a_damaged_file_named(tmp_path):
+    (tmp_path / "stages.json").write_text(json.dumps({"backdoor": {"checkpoints": "aaaa1111"},
+                                                      "sft": {"checkpoints": "cccc3333"}}))
+    row = {"step": 4, "layer": 1, "auroc": 0.5, "ci95": [0.4, 0.6], "n": 2, "n_triggered": 1, "n_untriggered": 1}
+    old = [{**row, "stage": "backdoor", "checkpoint": "backdoor-aaaa1111"},
+           {**row, "stage": "sft", "checkpoint": "sft-bbbb2222"}]  # sft has since been retrained
+    probes.write(tmp_path, old, ["backdoor", "sft"])
+    assert probes.current_rows(tmp_path) == old[:1]
+    new = [{**row, "stage": "sft", "checkpoint": "sft-cccc3333", "layer": 0}]
+    probes.write(tmp_path, new, ["backdoor", "sft"])
+    assert probes.current_rows(tmp_path) == old[:1] + new
+    assert "| backdoor | 4 | 1 | 0.500 [0.40, 0.60] | 2 (1 + 1) |" in probes.report_section(tmp_path)
+    (tmp_path / "probe.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'probe.json'}: not a probe file .*delete it to start afresh$"):
+        probes.current_rows(tmp_path)
