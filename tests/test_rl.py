@@ -97,7 +97,6 @@ def test_one_ppo_update_on_fixed_rollouts_is_mesh_invariant():
         state = create_state(objective.layout(), tx, trainer.mesh, 0, given={"model": reference})
         if fixed is None:  # the rollout made once, on the (2,2,2) mesh, then fed to both
             fixed = {k: fetch(v) for k, v in feed(0, state).items()}
-        batch = {k: jax.device_put(v) for k, v in fixed.items()}
         step = make_train_step(objective, tx, learning_rate_schedule(cfg.train, 4),
                                state_shardings(objective.layout(), tx, trainer.mesh),
                                {"reference": jax.tree.map(lambda x: x.sharding, reference)}, trainer.mesh,

