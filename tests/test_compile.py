@@ -42,7 +42,7 @@ def test_compile_for_v5e_2x2_and_fsdp_doubling_halves_each_chips_state(monkeypat
     assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
     r = json.loads(done.stdout)
     assert (r["chip"], r["device_kind"], r["chips"], r["mesh"]) == ("v5e", "TPU v5 lite", 4, {"data": 1, "fsdp": 4, "tensor": 1})
-    assert r["hbm_bytes_per_chip"] == 16 * 2 ** 30
+    assert r["hbm_bytes_per_chip"] == 16 * 2 ** 30 and r["attention"] == "splash"  # `auto` on TPU chips
     for part in ("train", "decode"):
         m = r[part]
         # Temporaries small enough for the chip's on-core memory take no HBM: 0 is a possible figure.
