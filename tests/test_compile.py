@@ -113,3 +113,28 @@ def test_libtpu_settings_only_where_no_tpu_and_never_over_the_users(monkeypatch)
     assert tpu_env.quiet_libtpu_without_tpus(env := {}) == env == tpu_env.QUIET_LIBTPU
     monkeypatch.setattr(tpu_env, "tpus_attached", lambda: True)  # a TPU VM is left alone
     assert tpu_env.quiet_libtpu_without_tpus(env := {}) == env == {}
+
+
+def test_a_program_xla_refuses_for_lack_of_hbm_is_a_verdict_not_a_crash():
+    """XLA:TPU will not compile a program whose temporaries exceed HBM (seen for the 13B decoder on
+    v5e:16x16): the report says it does not fit, with the compiler's line; other errors still raise."""
+    import jax
+
+    class Refused:
+        def __init__(self, message):
+            self.message = message
+
+        def compile(self):
+            raise jax.errors.JaxRuntimeError(self.message)
+
+    oom = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (17.68G)\n"
+           "exceeds available HBM (15.75G).")
+    m = aot.compile_and_measure(Refused(oom))
+    assert m["fits"] is False and m["compile_error"] == " ".join(oom.split()) and m["compile_s"] >= 0
+    report = {"topology": "v5e:16x16", "chips": 256, "device_kind": "TPU v5 lite", "hbm_bytes_per_chip": 16 * 2 ** 30,
+              "peak_bf16_flops_per_chip": 197e12, "mesh": {"data": 1, "fsdp": 256, "tensor": 1}, "params": 13e9,
+              "remat": "full", "attention": "splash", "train_flops_per_step": 1e16, "step_s_at_50pct_mfu": 1.0,
+              "batch": 256, "seq_len": 2048, "train": m}
+    assert "does NOT fit: RESOURCE_EXHAUSTED: Ran out of memory on HBM" in aot.format_report(report)
+    with pytest.raises(jax.errors.JaxRuntimeError):
+        aot.compile_and_measure(Refused("INTERNAL: something else"))
