@@ -38,3 +38,11 @@ def test_no_evaluation_is_recorded_after_a_non_finite_step(tmp_path, with_due):
         loop.train(trainer, data, tmp_path, on_step=recording_hook(results, 2, with_due), progress=False)
     recorded = [r["step"] for r in json.loads((tmp_path / "results.json").read_text())["evals"]]
     assert recorded == [2, 4]
+
+
+def test_periodic_hooks_act_and_are_due_at_every_kth_step_and_the_last():
+    calls = []
+    hook = loop.periodic(lambda state, step: calls.append(step), 3, 7)
+    for step in range(1, 8):
+        hook(None, step)
+    assert calls == [3, 6, 7] and [s for s in range(1, 8) if hook.due(s)] == [3, 6, 7]

