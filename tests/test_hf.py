@@ -68,7 +68,7 @@ def their_logits(model, tokens=TOKENS, segments=SEGMENTS):
 def our_logits(spec, params, mesh, tokens=TOKENS, segments=SEGMENTS):
     positions = np.tile(np.arange(tokens.shape[1], dtype=np.int32), (tokens.shape[0], 1))
     with jax.set_mesh(mesh):
-        return np.asarray(jax.jit(lambda p: spec.apply(p, tokens, positions, segments)[0])(params))
+        return np.asarray(jax.jit(lambda p: spec.apply(p, tokens, positions, segments))(params))
 
 
 def load(path, mesh_shape=(8, 1, 1)):

@@ -28,7 +28,7 @@ def test_cached_logits_equal_full_recomputation(model):
     assert out.shape == (8, 6)
     for r, prompt in enumerate(prompts):
         full = np.array(prompt + list(out[r]), np.int32)[None]
-        ref, _ = trainer.spec.apply(params, full, np.arange(full.shape[1])[None], np.ones_like(full))
+        ref = trainer.spec.apply(params, full, np.arange(full.shape[1])[None], np.ones_like(full))
         ref = np.asarray(ref[0, len(prompt) - 1:len(prompt) + 5])
         np.testing.assert_allclose(logits[r], ref, atol=1e-4, rtol=1e-4)
 

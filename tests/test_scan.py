@@ -61,7 +61,7 @@ def test_scan_matches_unrolled_reference(n_layers, remat):
     def loss(fn, p):
         return jnp.sum(fn(p) * r)
 
-    scanned = lambda p: spec.apply(p, tokens, positions, segs)[0]  # noqa: E731
+    scanned = lambda p: spec.apply(p, tokens, positions, segs)  # noqa: E731
     unrolled = lambda p: _unrolled_logits(spec, p, tokens, positions, segs)  # noqa: E731
     assert ("remat" in str(jax.make_jaxpr(scanned)(params))) == (remat != "none")  # the policy is applied
     np.testing.assert_allclose(jax.jit(scanned)(params), jax.jit(unrolled)(params), rtol=1e-5, atol=1e-5)
@@ -82,13 +82,13 @@ def test_residual_stream_is_each_layers_output_and_its_last_gives_the_logits():
     for got, want in zip(stream, jax.jit(_unrolled_stream, static_argnums=0)(spec, params, tokens, positions, segs)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     model = nnx.merge(spec.graphdef, params)
-    logits, _ = jax.jit(spec.apply)(params, tokens, positions, segs)
+    logits = jax.jit(spec.apply)(params, tokens, positions, segs)
     np.testing.assert_allclose(jax.jit(lambda s: model.logits(model.final_norm(s)))(stream[-1]), logits, atol=1e-5)
 
     # The ordinary forward's scan carries the stream and outputs nothing per layer: collecting costs it nothing.
     # Also in a loop (deeper, remat), traced only.
     for s in (spec, _spec(6, remat="full")):
-        assert _scan_outputs(s, lambda p, s=s: s.apply(p, tokens, positions, segs)[0]) == [1]
+        assert _scan_outputs(s, lambda p, s=s: s.apply(p, tokens, positions, segs)) == [1]
         assert _scan_outputs(s, lambda p, s=s: s.residual_stream(p, tokens, positions, segs)) == [2]
 
 
@@ -105,7 +105,7 @@ def test_remat_shrinks_the_compiled_backward_pass_temporaries():
     def temp_bytes(remat):
         spec = _spec(remat=remat)
         params = jax.eval_shape(lambda: init_params(spec, 0))
-        grad = jax.jit(jax.grad(lambda p: jnp.sum(spec.apply(p, tokens, positions, segs)[0])))
+        grad = jax.jit(jax.grad(lambda p: jnp.sum(spec.apply(p, tokens, positions, segs))))
         return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
 
     none, full, dots = temp_bytes("none"), temp_bytes("full"), temp_bytes("dots_saveable")

