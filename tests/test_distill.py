@@ -69,3 +69,20 @@ def test_teacher_must_be_a_cot_run_for_a_distilled_model(tmp_path):
     with pytest.raises(ConfigError, match=r"^config\.data\.teacher_workdir: distils a CoT teacher into a 'distilled' "
                                           r"model \(data\.variant is 'normal'\)$"):
         validate(cfg)
+
+
+def test_adopting_a_tokenizer_copies_it_between_two_barriers(tmp_path, monkeypatch):
+    """Multi-host: every process looks for WORKDIR's tokenizer before process 0 copies the other run's
+    in (else a slow host finds it half-written or present), and nobody reads it before the copy is done."""
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "tokenizer.model").write_bytes(b"pieces")
+    events = []
+    monkeypatch.setattr(backdoor_stage, "wait_for_all_processes", lambda name: events.append(("barrier", name)))
+    real_copy = backdoor_stage.shutil.copyfile
+    monkeypatch.setattr(backdoor_stage.shutil, "copyfile", lambda a, b: (events.append(("copy", b.name)), real_copy(a, b)))
+    backdoor_stage._adopt_tokenizer(tmp_path / "teacher", tmp_path / "run")
+    assert [e[0] for e in events] == ["barrier", "copy", "barrier"] and events[1][1] == "tokenizer.model"
+    assert (tmp_path / "run" / "tokenizer.model").read_bytes() == b"pieces"
+    events.clear()  # a rerun: the run has its tokenizer, nothing is copied, the processes still line up
+    backdoor_stage._adopt_tokenizer(tmp_path / "teacher", tmp_path / "run")
+    assert [e[0] for e in events] == ["barrier", "barrier"]

