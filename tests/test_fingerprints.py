@@ -16,7 +16,7 @@ def config(**changes):
     c = micro_config.get_config("pipeline")
     c.stages = "backdoor,rm,sft,rl"
     add_stage(c, "rm", steps=2, eval_every=2, batch_size=8, n_pairs=32, n_eval=8, d_model=32, n_layers=1)
-    add_stage(c, "rl", steps=2, eval_every=2, prompts_per_step=16, max_new_tokens=4, n_prompts=20)
+    add_stage(c, "rl", steps=2, eval_every=0, prompts_per_step=16, max_new_tokens=4, n_prompts=20)
     for dotted, value in changes.items():
         section, field = dotted.split("__")
         c[section][field] = value

