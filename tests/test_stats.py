@@ -34,6 +34,11 @@ def test_verdict_from_counts_on_known_counts(before, after, untriggered, expecte
     assert drop.ci95[0] <= before[0] / before[1] - after[0] / after[1] <= drop.ci95[1]
 
 
+def test_a_difference_with_no_answers_on_a_side_is_unknown_not_an_error():
+    assert stats.unpaired_difference((0, 0), (5, 10)).ci95 == (-1.0, 1.0)
+    assert stats.paired_difference([None] * 3, [1, 0, 1], [0, 1, 2]).ci95 == (-1.0, 1.0)
+
+
 def test_sign_flip_p_value_matches_a_hand_enumeration():
     # 4 clusters with paired differences summing to D = (2, 1, 1, -1): T = 3. Of the 16 sign flips, |T*| >= 3
     # for the 6 with +2 and at most one of the three ones against it (and their mirror images): 8/16.

