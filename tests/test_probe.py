@@ -77,6 +77,16 @@ def test_layer_default_and_range():
             probes.check_layer(bad, 4)
 
 
+def test_several_layers():
+    assert probes.check_layers(None, 30) == [15] and probes.check_layers("15", 30) == [15]
+    assert probes.check_layers("24, 6,12,6", 30) == [6, 12, 24]
+    assert probes.check_layers("all", 4) == [0, 1, 2, 3, 4]
+    with pytest.raises(ConfigError, match=r"^--layer: 'x' is not a layer number"):
+        probes.check_layers("3,x", 30)
+    with pytest.raises(ConfigError, match=r"^--layer: 31 is out of range"):
+        probes.check_layers("6,31", 30)
+
+
 class ByteTokenizer(Tokenizer):
     bos_id, pad_id = 1, 0
 

