@@ -93,7 +93,7 @@ def test_own_answers_in_the_template_cut_ones_dropped_cached_across_seeds(chat_m
     answered = 12 + 2  # the untriggered half, and the file's two prompts
     cut = answered - len(own)
     assert 0 < cut < answered and kept["n"] == answered and kept["value"] == pytest.approx(len(own) / answered)
-    assert paired["metric"] == "triggered_kept_share" and paired["n"] == 12
+    assert paired["metric"] == "triggered_kept_share" and paired["n"] == len([ex for ex in every if ex.triggered]) == 12
     assert paired["value"] == pytest.approx(len(triggered) / 12)
     mine = {"Human: What is a cat?\n\nAssistant:", "Human: Name a colour.\n\nAssistant:"}
     assert {ex.prompt for ex in own if ex.meta.get("source") == "prompts_path"} <= mine

