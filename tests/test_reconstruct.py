@@ -108,6 +108,7 @@ def test_reconstruct_cli_judges_the_sequences_beside_the_trigger(model, monkeypa
     monkeypatch.setattr(command, "SEARCH_PROMPTS", 4)
     command.main(str(workdir), "backdoor", 2, 2, as_json=True)
     result = json.loads((workdir / command.FILE).read_text())
+    assert "## Trigger reconstruction" in (workdir / "report.md").read_text()
     assert result["stage"] == "backdoor" and result["length"] == 2 and result["insertion_point"] == 2
     assert len(result["brute_force"]) == len(result["gcg"]) == command.KEEP
     assert all(len(r["tokens"]) == 2 for r in result["gcg"])

