@@ -73,31 +73,32 @@ def lat_config(**section):
     return c
 
 
-def test_lat_without_attack_or_extra_terms_is_sft_and_with_them_attacks(tmp_path):
+def test_lat_without_attack_or_extra_terms_is_sft_and_with_them_attacks(micro_run, tmp_path):
+    # Both from the session's micro backdoor (packed data): SFT on unpacked rows, LAT's rows, via sft.pack.
     sft_cfg = micro_config.get_config("pipeline")
-    sft_cfg.data.pack = False  # LAT's rows: one example each
-    sft_cfg.sft.steps = 3
+    sft_cfg.backdoor.reuse_from = str(micro_run)
+    sft_cfg.sft.update(steps=3, pack="unpacked")
     pipeline.run(sft_cfg, tmp_path / "sft", progress=False)
 
     cfg = lat_config(epsilon=0.0, inner_steps=2, away_weight=0.0, sft_weight=0.0)
-    cfg.backdoor.reuse_from = str(tmp_path / "sft")
+    cfg.backdoor.reuse_from = str(micro_run)
     pipeline.run(cfg, tmp_path / "lat", progress=False)
 
-    def final(workdir, stage):
-        c = read_run_config(workdir)
-        ctx = pipeline.open_run(c, workdir, progress=False)
+    ctx = pipeline.open_run(read_run_config(tmp_path / "lat"), tmp_path / "lat", progress=False)
+
+    def final(workdir, stage):  # every run here has the micro model's architecture
         return restore_model(workdir, stage, ctx.spec, ctx.mesh)
 
     ours, theirs = final(tmp_path / "lat", "lat"), final(tmp_path / "sft", "sft")
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), ours, theirs))
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), theirs,
-                                         final(tmp_path / "sft", "backdoor")))
+                                         final(micro_run, "backdoor")))
     assert max(moved) > 1e-3 and max(diffs) < 1e-6, (max(diffs), max(moved))
 
     # With the attack on: every step's perturbed behaviour NLL is below its clean NLL, the loss has its
     # away and clean terms, and the stage is evaluated like every safety stage.
     cfg = lat_config(epsilon=1.0, inner_steps=3, inner_lr=0.5, away_weight=1.0, sft_weight=1.0)
-    cfg.backdoor.reuse_from = str(tmp_path / "sft")
+    cfg.backdoor.reuse_from = str(micro_run)
     results = pipeline.run(cfg, tmp_path / "lat2", progress=False)
     rows = [json.loads(line) for line in (tmp_path / "lat2" / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r.get("stage") == "lat"]
