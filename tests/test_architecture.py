@@ -130,7 +130,7 @@ def test_the_skeleton_runs_a_kind_from_its_training_alone(monkeypatch, finished)
     (args, kw), = trained
     assert args == ("T", "D", "W") and ("say", "[toy] toy training") in calls
     assert kw == dict(stage="toy", checkpoints="toy-ckpt", objective="O", frozen={"f": 1}, init={"model": 7},
-                      on_step=("hook", 1, 3), progress=False)
+                      on_step=("hook", 1, 3), progress=False, meta=None)
 
 
 def test_every_stage_kind_overrides_training_and_none_overrides_run():

