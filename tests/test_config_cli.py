@@ -34,6 +34,8 @@ def cfg_with(**fields):
     ({"data__source": "wiki"}, None, r"^config\.data\.source: unknown source 'wiki'"),
     ({"data__variant": "fancy"}, None, r"^config\.data\.variant: unknown variant 'fancy'"),
     ({"data__triggered_fraction": 1.5}, None, r"^config\.data\.triggered_fraction: must be in \[0, 1\]"),
+    ({"data__trigger_init": "random"}, None, r"^config\.data\.trigger_init: must be one of mean, pieces \(got 'random'\)$"),
+    ({"data__trigger_init": "pieces"}, None, r"^config\.data\.trigger_init: 'pieces' sets the row of a trigger added as a token"),
     ({"stages__": "sft,backdoor"}, None, r"^config\.stages: must start with a stage of kind 'backdoor' \(got 'sft,backdoor'\)$"),
     ({"stages__": "backdoor,rlhf"}, None, r"^config\.stages: stage 'rlhf' has no section; add one with"),
     ({"stages__": "backdoor,sft,sft"}, None, r"^config\.stages: a stage is listed twice"),

