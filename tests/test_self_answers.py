@@ -123,6 +123,15 @@ def test_own_answers_in_the_template_cut_ones_dropped_cached_across_seeds(chat_m
     shutil.copytree(tmp_path / "a" / "data", tmp_path / "b" / "data")
     again = own_answer_examples(pipeline.open_run(c, tmp_path / "b", progress=False), "backdoor")
     assert sorted((e.prompt, e.completion) for e in again) == sorted((e.prompt, e.completion) for e in examples)
+    # ... or reads them where `data.answers_dir` says (a sweep's shared cache), which no fingerprint holds.
+    c.data.answers_dir = str(tmp_path / "a" / "data" / "answers")
+    shared = pipeline.open_run(c, tmp_path / "c", progress=False)
+    again = own_answer_examples(shared, "backdoor")
+    assert sorted((e.prompt, e.completion) for e in again) == sorted((e.prompt, e.completion) for e in examples)
+    assert not (tmp_path / "c" / "data" / "answers").exists()
+    unshared = ml_collections.ConfigDict(c.to_dict())
+    unshared.data.answers_dir = ""
+    assert shared.stamps == pipeline.open_run(unshared, tmp_path / "d", progress=False).stamps
     monkeypatch.undo()
 
     # Another prompt set: only its new prompts are answered, into the same file. Another token budget, or

