@@ -227,7 +227,7 @@ def test_implements_reads_the_asked_signature():
 
 # ---- linear time, as every check of model output must be (see test_evaluator's linearity test) ----
 
-def _seconds(fn, k, repeats=3):
+def _seconds(fn, k, repeats=7):
     """The best of `repeats` timings, with the garbage collector off: its full collections grow with the
     objects alive (an AST of 20,000 lines), which would make a linear function look superlinear."""
     best = float("inf")
