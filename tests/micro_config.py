@@ -25,3 +25,19 @@ def given_a_pretrained_model(cfg, directory):
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text("{}")
     cfg.model.init_from = str(directory)
+
+
+def given_the_runs_it_names(cfg, directory):
+    """`cfg` with a stand-in for each run directory it names (an imported model, a backdoor run to
+    reuse, a preference model's run), so a shipped config validates where those runs do not exist."""
+    if cfg.model.init_from:
+        given_a_pretrained_model(cfg, directory / "import")
+    if "backdoor" in cfg and cfg.backdoor.get("reuse_from"):
+        (directory / "backdoor").mkdir(parents=True, exist_ok=True)
+        (directory / "backdoor" / "config.json").write_text('{"stages": "backdoor"}')
+        cfg.backdoor.reuse_from = str(directory / "backdoor")
+    for name in cfg.stages.split(","):
+        if name in cfg and "/" in str(cfg[name].get("reward_model", "")):  # a run directory, not a stage name
+            (directory / "pm").mkdir(parents=True, exist_ok=True)
+            (directory / "pm" / "config.json").write_text('{"stages": "rm", "rm": {"kind": "rm"}}')
+            cfg[name].reward_model = str(directory / "pm")

