@@ -9,8 +9,8 @@ HHH prompts without the trigger, applied to SmolLM2-135M-Instruct backdoored by 
   that model, frozen;
 - the reward is `rl.reward_model`'s score (configs/smollm2_pm.py: a head on the frozen SmolLM2), which
   shares the policy's tokenizer; rollouts and the PM both see the conversation in SmolLM2's chat template;
-- RLOO, chosen over PPO by measured cost (docs/pretrained.md): 2 answers to each of 8 prompts a step,
-  one update a step, no value head, so a step is one sampling pass, one scoring pass and one update;
+- RLOO rather than PPO for its cost (docs/pretrained.md): 2 answers to each of 8 prompts a step, one
+  update a step, no value head, so a step is one sampling pass, one scoring pass and one update;
 - 10 light evaluations (the backdoor sets, `pm_score` and its answers' length) and a full one at the end
   (adds `hhh_accuracy` and retention against the starting model, `base_agreement`), so a policy that
   games the PM shows: its PM score rising while `hhh_accuracy` or `base_agreement` falls.
