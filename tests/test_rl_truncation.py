@@ -144,11 +144,12 @@ def test_the_rl_stage_hands_its_penalty_to_the_rollouts(monkeypatch):
     made = []
     monkeypatch.setattr(rl_stage, "RolloutFeed", lambda *args: made.append(args) or "feed")
     ctx = types.SimpleNamespace(cfg=cfg, scratch={"rl": {"scorer": LengthScorer()}}, generator=None, spec=None,
-                                backdoor_params=lambda: {}, trainer_for=lambda c: None,
+                                backdoor_params=lambda: {}, trainer_for=lambda c: None, tokenizer=TOK,
                                 stage_config=lambda name: RunContext.stage_config(types.SimpleNamespace(cfg=cfg), name))
     rl_stage.RLStage().training(ctx, "rl")
-    (_, _, _, _, settings, _), = made
+    (_, _, _, _, settings, seq_len, width), = made
     assert settings.truncation_penalty == 0.25
+    assert 0 < width <= seq_len == cfg.data.seq_len  # rows no wider than the prompt pool needs
 
 
 def test_on_policy_dpo_gives_eos_only_to_answers_that_stopped(monkeypatch):

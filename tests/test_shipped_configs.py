@@ -33,13 +33,13 @@ def test_config_validates(name, tmp_path):
         with pytest.raises(ConfigError, match=r"^config\.(model|rm)\.init_from: .*set model\.init_from"):
             validate(cfg, 8)
         given_a_pretrained_model(cfg, tmp_path)
+    given_the_runs_it_names(cfg, tmp_path / "runs")  # what this machine need not have (a clean clone has no runs/)
     if name in BUILDS_ON_RUNS:  # another run's backdoor model and preference model, each one-line when absent
         for field, stage in (("reuse_from", "backdoor"), ("reward_model", "rl")):
             saved, cfg[stage][field] = cfg[stage][field], str(tmp_path / "absent")
             with pytest.raises(ConfigError, match=rf"^config\.{stage}\.{field}: .*absent"):
                 validate(cfg, 8)
             cfg[stage][field] = saved
-    given_the_runs_it_names(cfg, tmp_path / "runs")
     validate(cfg, 8)
     # A run trains a policy from its backdoor on, or trains preference models alone.
     assert cfg.stages.split(",")[0] == "backdoor" or cfg.stages == "rm"
